@@ -1,0 +1,6 @@
+//! Integration tests, one binary (linking one test binary per file would cost minutes on two
+//! cores). Each module is named for the part it exercises.
+
+mod fuzz_corpus;
+mod protocol_fixtures;
+mod protocol_roundtrip;
