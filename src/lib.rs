@@ -13,3 +13,4 @@
 #[doc(hidden)]
 pub mod fuzz_targets;
 pub mod protocol;
+pub mod simulator;

@@ -1,0 +1,4 @@
+//! The built-in SignalFlow backend.
+
+pub mod inventory;
+pub mod language;
