@@ -14,3 +14,4 @@
 pub mod fuzz_targets;
 pub mod protocol;
 pub mod simulator;
+pub mod telemetry;

@@ -301,7 +301,6 @@ pub struct EncodeOptions {
     pub min_compress_len: usize,
 }
 
-
 /// Encodes a message as the service would send it (header version 1). Data messages whose
 /// channel is not a valid header name fall back to the JSON text form.
 pub fn encode_server_message(message: &ServerMessage, options: EncodeOptions) -> WsFrame {

@@ -26,7 +26,11 @@ pub enum Shape {
     /// looks like a random walk, but is computable at any timestamp without history.
     Wander { min: f64, max: f64 },
     /// Events per interval: `mean ± jitter` (never negative), like a SignalFx counter.
-    Rate { mean: f64, #[serde(default)] jitter: f64 },
+    Rate {
+        mean: f64,
+        #[serde(default)]
+        jitter: f64,
+    },
     /// A cumulative counter growing by about `per_second` each second.
     Counter { per_second: f64 },
     /// Alternates between `low` and `high` every half `period`.
@@ -134,10 +138,10 @@ impl Inventory {
         if resolution_ms < 1 {
             return Err(invalid("resolution must be at least 1ms"));
         }
-        if let Some(c) = spec.churn {
-            if !(c.present > 0.0 && c.present <= 1.0) || c.period.is_zero() {
-                return Err(invalid("churn needs a non-zero period and 0 < present <= 1"));
-            }
+        if let Some(c) = spec.churn
+            && (!(c.present > 0.0 && c.present <= 1.0) || c.period.is_zero())
+        {
+            return Err(invalid("churn needs a non-zero period and 0 < present <= 1"));
         }
         let combos = spec.dimensions.values().map(Vec::len).product::<usize>();
         if combos > 100_000 {
@@ -362,7 +366,8 @@ mod tests {
 
     #[test]
     fn bad_files_name_the_metric() {
-        let err = Inventory::from_toml("[[metric]]\nname='x'\nshape='constant'\nvalue=1\nresolution='0s'\n").unwrap_err();
+        let err =
+            Inventory::from_toml("[[metric]]\nname='x'\nshape='constant'\nvalue=1\nresolution='0s'\n").unwrap_err();
         assert!(err.to_string().contains("\"x\""), "{err}");
         assert!(Inventory::from_toml("[[metric]]\nname='x'\nshape='nope'\n").is_err());
     }

@@ -1,4 +1,105 @@
-//! The built-in SignalFlow backend.
+//! The built-in SignalFlow backend: the default upstream when no SignalFx token is configured,
+//! the fixture for every integration test, and a product of its own (`signalflow-gateway
+//! simulate`) for anyone testing a SignalFlow client.
+//!
+//! - [`server`]: the websocket endpoint, one actor per connection; [`requests`]: what each
+//!   request does.
+//! - [`job`]: one running job's message sequence and pacing; [`source`]: its numbers, TSIDs and
+//!   metadata.
+//! - [`language`]: the SignalFlow subset; [`inventory`]: synthetic series and their values.
+//! - [`fixtures`]: FakeBackend-style fixed series and errors; [`control`]: the `/_sim/` API;
+//!   [`state`]: what connections and the control API share, including injected faults.
 
+pub mod control;
+pub mod fixtures;
 pub mod inventory;
+pub mod job;
 pub mod language;
+pub mod requests;
+pub mod server;
+pub mod source;
+pub mod state;
+
+pub use state::{Faults, InvalidRequestPolicy, SimState, SimulatorConfig};
+
+use axum::Router;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The simulator's routes (websocket and control API), for serving alone or mounted beside the
+/// gateway's.
+pub fn router(state: Arc<SimState>) -> Router {
+    server::routes(state.clone()).merge(control::routes(state))
+}
+
+/// A simulator running on its own listener.
+pub struct SimulatorHandle {
+    pub addr: SocketAddr,
+    pub state: Arc<SimState>,
+    cancel: CancellationToken,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl SimulatorHandle {
+    /// The websocket URL clients connect to.
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/v2/signalflow/connect", self.addr)
+    }
+
+    /// Base URL of the control API (`…/_sim/`).
+    pub fn control_url(&self) -> String {
+        format!("http://{}/_sim", self.addr)
+    }
+
+    /// Drops every connection abruptly; returns how many there were.
+    pub fn kill_connections(&self) -> usize {
+        control::kill_all(&self.state)
+    }
+
+    /// Stops accepting, drops every connection, and waits for the server task.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        self.cancel.cancel();
+        control::kill_all(&self.state);
+        self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    }
+}
+
+/// Serves the simulator on `listener` until `cancel` fires.
+pub fn spawn(
+    listener: TcpListener,
+    config: SimulatorConfig,
+    faults: Faults,
+    cancel: CancellationToken,
+) -> SimulatorHandle {
+    let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let state = SimState::new(config, faults);
+    spawn_fault_tasks(state.clone(), cancel.clone());
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let shutdown = cancel.clone();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
+    });
+    SimulatorHandle { addr, state, cancel, task }
+}
+
+/// Background fault injection that is not tied to a request: dropping every connection
+/// periodically (`dropEveryMs`).
+pub fn spawn_fault_tasks(state: Arc<SimState>, cancel: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            let wait = state.faults().drop_every_ms.map_or(Duration::from_millis(250), Duration::from_millis);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            if state.faults().drop_every_ms.is_some() {
+                let killed = control::kill_all(&state);
+                tracing::info!(killed, "simulator fault: dropped every connection");
+            }
+        }
+    });
+}
