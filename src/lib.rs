@@ -15,3 +15,4 @@ pub mod fuzz_targets;
 pub mod protocol;
 pub mod simulator;
 pub mod telemetry;
+pub mod upstream;

@@ -137,6 +137,8 @@ impl JobRun {
             // Best effort: the connection may be going away too.
             let _ = self.out.try_send(self.encode(&ServerMessage::Control(abort)));
         }
+        // Marks the channel free for the connection's channel count.
+        self.stop.token.cancel();
         if self.owns_registration {
             self.state.remove_job(&self.handle);
         }

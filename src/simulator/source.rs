@@ -7,7 +7,9 @@
 
 use super::fixtures::Fixtures;
 use super::inventory::Fnv;
-use super::language::{BlockOutput, CompiledProgram, Evaluator, FindReport, OutputKind, OutputSpec, SeriesIdentity};
+use super::language::{
+    BlockRef, CompiledProgram, Evaluator, FindReport, OutputKind, OutputSpec, SeriesId, SeriesIdentity,
+};
 use crate::protocol::Tsid;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -43,8 +45,11 @@ pub struct SeriesNames {
     handle: String,
     org_id: String,
     resolution_ms: i64,
-    /// Per output block; looked up by reference so a step clones no identity it has seen.
+    /// Per output block, for event series (named by identity).
     by_identity: Vec<HashMap<SeriesIdentity, Tsid>>,
+    /// Per output block, indexed by the evaluator's interned series id: the hot path of metric
+    /// blocks does a vector lookup per point and never hashes an identity.
+    by_id: Vec<Vec<Option<Tsid>>>,
     metadata: HashMap<Tsid, Map<String, Value>>,
 }
 
@@ -58,8 +63,30 @@ impl SeriesNames {
             org_id: org_id.to_owned(),
             resolution_ms,
             by_identity: Vec::new(),
+            by_id: Vec::new(),
             metadata: HashMap::new(),
         }
+    }
+
+    fn tsid_for_id(&mut self, block: usize, spec: &OutputSpec, id: SeriesId, evaluator: &Evaluator) -> Tsid {
+        if self.by_id.len() <= block {
+            self.by_id.resize_with(block + 1, Vec::new);
+        }
+        let index = id.0 as usize;
+        if let Some(Some(tsid)) = self.by_id[block].get(index) {
+            return *tsid;
+        }
+        let identity = evaluator
+            .identity(id)
+            .cloned()
+            .unwrap_or(SeriesIdentity { originating_metric: None, dimensions: Default::default() });
+        let tsid = self.tsid(block, spec, &identity);
+        let slots = &mut self.by_id[block];
+        if slots.len() <= index {
+            slots.resize(index + 1, None);
+        }
+        slots[index] = Some(tsid);
+        tsid
     }
 
     fn tsid(&mut self, block: usize, spec: &OutputSpec, identity: &SeriesIdentity) -> Tsid {
@@ -147,31 +174,38 @@ impl JobSource {
     /// Evaluates timestamp `t_ms`.
     pub fn step(&mut self, t_ms: i64, fixtures: &std::sync::Mutex<Fixtures>) -> Vec<Block> {
         match self {
-            JobSource::Program { evaluator, outputs, series } => evaluator
-                .step(t_ms)
-                .into_iter()
-                .enumerate()
-                .map(|(i, block)| {
-                    let spec = &outputs[i.min(outputs.len().saturating_sub(1))];
-                    match block {
-                        BlockOutput::Metric(points) => {
-                            Block::Metric(points.iter().map(|s| (series.tsid(i, spec, &s.identity), s.value)).collect())
+            JobSource::Program { evaluator, outputs, series } => {
+                evaluator.step_interned(t_ms);
+                let evaluator = &*evaluator;
+                evaluator
+                    .blocks()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, block)| {
+                        let spec = &outputs[i.min(outputs.len().saturating_sub(1))];
+                        match block {
+                            BlockRef::Metric(points) => Block::Metric(
+                                points
+                                    .iter()
+                                    .map(|p| (series.tsid_for_id(i, spec, p.series, evaluator), p.value))
+                                    .collect(),
+                            ),
+                            BlockRef::Events(events) => Block::Events(
+                                events
+                                    .iter()
+                                    .map(|e| SourceEvent {
+                                        tsid: series.tsid(i, spec, &e.identity),
+                                        is: e.is,
+                                        was: e.was,
+                                        timestamp_ms: e.timestamp_ms,
+                                        input_value: e.input_value,
+                                    })
+                                    .collect(),
+                            ),
                         }
-                        BlockOutput::Events(events) => Block::Events(
-                            events
-                                .iter()
-                                .map(|e| SourceEvent {
-                                    tsid: series.tsid(i, spec, &e.identity),
-                                    is: e.is,
-                                    was: e.was,
-                                    timestamp_ms: e.timestamp_ms,
-                                    input_value: e.input_value,
-                                })
-                                .collect(),
-                        ),
-                    }
-                })
-                .collect(),
+                    })
+                    .collect()
+            }
             JobSource::Fixture { program, tsids } => {
                 let fixtures = fixtures.lock().unwrap_or_else(|p| p.into_inner());
                 // Live lookups: the control API may change the program's series while it runs.

@@ -7,3 +7,4 @@ mod fuzz_corpus;
 mod protocol_fixtures;
 mod protocol_roundtrip;
 mod simulator_protocol;
+mod upstream_pool;

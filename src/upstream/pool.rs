@@ -1,0 +1,259 @@
+//! The pool: up to `max_connections` sockets for one token, each carrying at most
+//! `max_channels_per_connection` jobs; new sockets on demand, least-loaded assignment, idle
+//! sockets closed (slot 0 stays open so readiness is known), one job-start rate limiter shared by
+//! all of them.
+
+use super::computation::{Computation, ComputationShared, ExecuteSpec};
+use super::connection::{ConnectError, SlotCommand, SlotShared, SlotTask};
+use super::dial::DialOptions;
+use super::limits::RateLimiter;
+use secrecy::SecretString;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Everything the upstream side is configured with.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// Full websocket URL (see [`super::dial::normalize_url`], [`super::dial::url_for_realm`]).
+    pub url: String,
+    pub token: SecretString,
+    /// HTTP CONNECT proxy; `None` reads `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`; `"none"` disables.
+    pub proxy: Option<String>,
+    pub connect_timeout: Duration,
+    pub auth_timeout: Duration,
+    /// No frame for this long (data or `KEEP_ALIVE`) ⇒ the socket is presumed dead.
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Largest websocket message, and largest decompressed body.
+    pub max_message_bytes: usize,
+    pub max_connections: usize,
+    pub max_channels_per_connection: usize,
+    /// A socket with no jobs for this long is closed (except the first).
+    pub idle_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub job_starts_per_second: f64,
+    pub job_start_burst: u32,
+    /// Refused starts (429, "Too many channels") before a computation fails.
+    pub max_start_refusals: u32,
+    /// How long a stop waits for the job's handle, and then for its abort.
+    pub stop_wait: Duration,
+    /// Ask for gzip-compressed frames.
+    pub compress: bool,
+    /// Events queued per computation before it is failed as too slow.
+    pub consumer_queue: usize,
+}
+
+impl UpstreamConfig {
+    /// Defaults for everything but where to connect and the token.
+    pub fn new(url: String, token: SecretString) -> Self {
+        UpstreamConfig {
+            url,
+            token,
+            proxy: None,
+            connect_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(5),
+            max_message_bytes: 64 * 1024 * 1024,
+            max_connections: 8,
+            max_channels_per_connection: 250,
+            idle_timeout: Duration::from_secs(60),
+            backoff_initial: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(30),
+            job_starts_per_second: 10.0,
+            job_start_burst: 50,
+            max_start_refusals: 50,
+            stop_wait: Duration::from_secs(5),
+            compress: true,
+            consumer_queue: 4096,
+        }
+    }
+}
+
+/// Counters across the pool's sockets.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    pub sockets_open: AtomicI64,
+    pub connect_failures: AtomicU64,
+    pub auth_failures: AtomicU64,
+    pub disconnects: AtomicU64,
+    pub job_starts: AtomicU64,
+    /// 429 and "Too many channels" refusals (retried).
+    pub start_refusals: AtomicU64,
+    pub unknown_channel_frames: AtomicU64,
+    pub undecodable_frames: AtomicU64,
+}
+
+/// What slots share with the pool.
+#[derive(Debug)]
+pub(crate) struct PoolContext {
+    pub config: UpstreamConfig,
+    pub limiter: RateLimiter,
+    pub stats: PoolStats,
+    pub cancel: CancellationToken,
+    last_error: Mutex<Option<String>>,
+}
+
+impl PoolContext {
+    pub fn dial_options(&self) -> DialOptions {
+        DialOptions {
+            url: self.config.url.clone(),
+            connect_timeout: self.config.connect_timeout,
+            max_message_bytes: self.config.max_message_bytes,
+            proxy: self.config.proxy.clone(),
+            user_agent: self.user_agent(),
+        }
+    }
+
+    pub fn user_agent(&self) -> String {
+        format!("signalflow-gateway/{}", env!("CARGO_PKG_VERSION"))
+    }
+
+    pub fn connect_failed(&self, error: &ConnectError) {
+        self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+        if matches!(error, ConnectError::AuthRejected(_)) {
+            self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+        }
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+    }
+}
+
+/// Why a computation could not be started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("every upstream socket is at its channel limit ({0} jobs)")]
+    PoolFull(usize),
+    #[error("the upstream pool is shut down")]
+    Closed,
+}
+
+/// A snapshot for health checks and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub sockets_authenticated: usize,
+    pub computations: usize,
+    pub last_error: Option<String>,
+}
+
+/// The pool handle; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    ctx: Arc<PoolContext>,
+    slots: Arc<Mutex<Vec<Arc<SlotShared>>>>,
+    next_id: Arc<AtomicU64>,
+    tracker: TaskTracker,
+}
+
+impl Pool {
+    /// Starts the pool (and its first socket) under `cancel`.
+    pub fn new(config: UpstreamConfig, cancel: CancellationToken) -> Self {
+        let limiter = RateLimiter::new(config.job_starts_per_second, config.job_start_burst);
+        let ctx = Arc::new(PoolContext {
+            config,
+            limiter,
+            stats: PoolStats::default(),
+            cancel,
+            last_error: Mutex::new(None),
+        });
+        let pool = Pool {
+            ctx,
+            slots: Arc::new(Mutex::new(Vec::new())),
+            next_id: Arc::new(AtomicU64::new(1)),
+            tracker: TaskTracker::new(),
+        };
+        let mut slots = pool.lock_slots();
+        pool.add_slot(&mut slots);
+        drop(slots);
+        pool
+    }
+
+    fn lock_slots(&self) -> std::sync::MutexGuard<'_, Vec<Arc<SlotShared>>> {
+        // Short critical sections, no await inside.
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn add_slot(&self, slots: &mut Vec<Arc<SlotShared>>) -> Arc<SlotShared> {
+        // Commands per slot are bounded by its channels plus their stops and detaches.
+        let (tx, rx) = mpsc::channel(self.ctx.config.max_channels_per_connection * 3 + 16);
+        let shared = Arc::new(SlotShared {
+            id: slots.len(),
+            load: AtomicUsize::new(0),
+            capacity: AtomicUsize::new(self.ctx.config.max_channels_per_connection),
+            authenticated: AtomicBool::new(false),
+            commands: tx,
+        });
+        slots.push(shared.clone());
+        self.tracker.spawn(SlotTask::new(shared.clone(), self.ctx.clone(), rx).run());
+        shared
+    }
+
+    /// Starts a computation on the least-loaded socket (opening one if all are full).
+    pub async fn execute(&self, spec: ExecuteSpec) -> Result<Computation, UpstreamError> {
+        if self.ctx.cancel.is_cancelled() {
+            return Err(UpstreamError::Closed);
+        }
+        let slot = self.assign()?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (shared, events) = ComputationShared::new(id, spec, self.ctx.config.consumer_queue);
+        if slot.commands.send(SlotCommand::Execute(shared.clone())).await.is_err() {
+            slot.load.fetch_sub(1, Ordering::Relaxed);
+            return Err(UpstreamError::Closed);
+        }
+        Ok(Computation::new(shared, events, slot.commands.clone()))
+    }
+
+    /// Picks a slot with room, preferring authenticated ones, then the least loaded; opens a new
+    /// slot when every existing one is full. The load is counted here, before the command is
+    /// sent, so concurrent executes never overfill a slot.
+    fn assign(&self) -> Result<Arc<SlotShared>, UpstreamError> {
+        let mut slots = self.lock_slots();
+        let has_room = |s: &SlotShared| s.load.load(Ordering::Relaxed) < s.capacity.load(Ordering::Relaxed);
+        let best = slots
+            .iter()
+            .filter(|s| has_room(s))
+            .min_by_key(|s| (!s.authenticated.load(Ordering::Relaxed), s.load.load(Ordering::Relaxed)))
+            .cloned();
+        let slot = match best {
+            Some(slot) => slot,
+            None if slots.len() < self.ctx.config.max_connections.max(1) => self.add_slot(&mut slots),
+            None => return Err(UpstreamError::PoolFull(slots.iter().map(|s| s.load.load(Ordering::Relaxed)).sum())),
+        };
+        slot.load.fetch_add(1, Ordering::Relaxed);
+        Ok(slot)
+    }
+
+    /// True while at least one socket is authenticated.
+    pub fn is_ready(&self) -> bool {
+        self.lock_slots().iter().any(|s| s.authenticated.load(Ordering::Relaxed))
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        let slots = self.lock_slots();
+        PoolStatus {
+            sockets_authenticated: slots.iter().filter(|s| s.authenticated.load(Ordering::Relaxed)).count(),
+            computations: slots.iter().map(|s| s.load.load(Ordering::Relaxed)).sum(),
+            last_error: self.ctx.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        }
+    }
+
+    pub fn stats(&self) -> &PoolStats {
+        &self.ctx.stats
+    }
+
+    pub fn config(&self) -> &UpstreamConfig {
+        &self.ctx.config
+    }
+
+    /// Stops every job (with the shutdown reason) and waits for the sockets to close, at most
+    /// `limit`. The pool's cancellation token must already be cancelled, or is cancelled here.
+    pub async fn shutdown(&self, limit: Duration) {
+        self.ctx.cancel.cancel();
+        self.tracker.close();
+        let _ = tokio::time::timeout(limit, self.tracker.wait()).await;
+    }
+}
