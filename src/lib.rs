@@ -5,13 +5,25 @@
 //!
 //! ## Layout
 //!
+//! - [`app`]: assembling and running the gateway (bind, simulator or upstream, hub, router,
+//!   graceful shutdown); [`config`]: layered settings; [`telemetry`]: logging.
+//! - [`http`]: the HTTP API (axum) — routes, streams, problem bodies. Knows nothing of websockets.
+//! - [`hub`]: computations and fan-out — sharing, replay ring, subscriber queues. Knows nothing
+//!   of HTTP.
+//! - [`upstream`]: the pooled, self-healing SignalFlow websocket client.
 //! - [`protocol`]: the SignalFlow wire format (requests, server messages, binary frames, TSIDs);
 //!   pure code with no I/O, shared by the upstream client and the built-in simulator.
+//! - [`simulator`]: the built-in SignalFlow backend (websocket server, language, inventory,
+//!   control API).
 //! - [`fuzz_targets`]: entry points shared by `fuzz/` and the seed-corpus test.
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod config;
 #[doc(hidden)]
 pub mod fuzz_targets;
+pub mod http;
+pub mod hub;
 pub mod protocol;
 pub mod simulator;
 pub mod telemetry;

@@ -3,6 +3,8 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use signalflow_gateway::app::Application;
+use signalflow_gateway::config::{Overrides, Settings};
 use signalflow_gateway::simulator::{self, Faults, InvalidRequestPolicy, SimulatorConfig};
 use signalflow_gateway::telemetry::{self, LogFormat};
 use std::path::PathBuf;
@@ -12,18 +14,44 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
 #[command(name = "signalflow-gateway", version, about = "HTTP + server-sent events for SignalFlow")]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Log format.
-    #[arg(long, global = true, env = "SFGW_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    /// `serve`'s options, also accepted without the subcommand.
+    #[command(flatten)]
+    serve: ServeArgs,
+    /// Log format (default text; also the `log_format` setting).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway (the default). With no token and no upstream URL it runs against the
+    /// built-in simulator.
+    Serve(ServeArgs),
     /// Run only the built-in SignalFlow simulator (websocket + `/_sim/` control API).
     Simulate(SimulateArgs),
+}
+
+#[derive(Args, Clone, Default)]
+struct ServeArgs {
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Settings file (TOML); also `SFGW_CONFIG`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Full websocket URL of the SignalFlow service (or a `simulate` instance).
+    #[arg(long, conflicts_with = "realm")]
+    upstream_url: Option<String>,
+    /// Splunk Observability realm (us0, us1, eu0, …).
+    #[arg(long)]
+    realm: Option<String>,
+    /// SignalFx access token (prefer SFGW_UPSTREAM__TOKEN: flags show up in process lists).
+    #[arg(long, hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Args)]
@@ -81,11 +109,32 @@ enum InvalidRequestsArg {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
     match cli.command {
-        Some(Command::Simulate(args)) => simulate(args).await,
-        None => anyhow::bail!("the gateway (`serve`) is not built yet; try `signalflow-gateway simulate`"),
+        Some(Command::Simulate(args)) => {
+            telemetry::init(cli.log_format.unwrap_or_default());
+            simulate(args).await
+        }
+        Some(Command::Serve(args)) => serve(args, cli.log_format).await,
+        None => serve(cli.serve, cli.log_format).await,
     }
+}
+
+async fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> anyhow::Result<()> {
+    let overrides =
+        Overrides { listen: args.listen, upstream_url: args.upstream_url, realm: args.realm, token: args.token };
+    let settings = Settings::load(args.config.as_deref(), &overrides)?;
+    telemetry::init(log_format.unwrap_or(settings.log_format));
+    tracing::info!(settings = %settings.redacted(), "starting signalflow-gateway {}", env!("CARGO_PKG_VERSION"));
+    let app = Application::build(settings).await?;
+    let addr = app.local_addr()?;
+    tracing::info!(%addr, "listening");
+    println!("signalflow-gateway listening on http://{addr}");
+    println!(
+        "try: curl -N 'http://{addr}/computations/stream?program=data(%27cpu.utilization%27).mean(by%3D%5B%27region%27%5D).publish()'"
+    );
+    app.run_until_stopped(shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
 }
 
 async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {

@@ -16,7 +16,7 @@ pub mod pool;
 pub(crate) mod record;
 
 pub use computation::{
-    Batch, Computation, ComputationControl, ComputationError, ComputationState, ExecuteSpec, Status, Terminal,
-    UpstreamEvent,
+    Batch, Computation, ComputationControl, ComputationError, ComputationState, EventReceiver, ExecuteSpec, Status,
+    Terminal, UpstreamEvent,
 };
 pub use pool::{Pool, PoolStatus, UpstreamConfig, UpstreamError};

@@ -4,6 +4,8 @@
 mod support;
 
 mod fuzz_corpus;
+mod gateway_core;
+mod interop_python_ws;
 mod protocol_fixtures;
 mod protocol_roundtrip;
 mod simulator_protocol;

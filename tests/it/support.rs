@@ -171,3 +171,185 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A gateway on port 0 against its built-in simulator.
+pub struct Gateway {
+    pub base: String,
+    pub http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+pub fn test_settings() -> signalflow_gateway::config::Settings {
+    let mut s = signalflow_gateway::config::Settings { listen: "127.0.0.1:0".into(), ..Default::default() };
+    s.stream.heartbeat = Duration::from_secs(2);
+    s.stream.linger = Duration::from_millis(500);
+    s.upstream.compress = false;
+    s
+}
+
+pub async fn spawn_gateway(settings: signalflow_gateway::config::Settings) -> Gateway {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = signalflow_gateway::app::Application::build_with_listener(settings, listener).await.unwrap();
+    let addr = app.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let gateway =
+        Gateway { base: format!("http://{addr}"), http: reqwest::Client::new(), stop: Some(stop), task: Some(task) };
+    let ready = gateway.url("/readyz");
+    let http = gateway.http.clone();
+    eventually("gateway ready", || {
+        let (http, ready) = (http.clone(), ready.clone());
+        async move { http.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await;
+    gateway
+}
+
+impl Gateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn post_json(&self, path: &str, body: Json) -> reqwest::Response {
+        self.http.post(self.url(path)).json(&body).timeout(WAIT).send().await.unwrap()
+    }
+
+    pub async fn get_json(&self, path: &str) -> Json {
+        let r = self.http.get(self.url(path)).timeout(WAIT).send().await.unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// Opens an SSE stream (as a browser's `EventSource` would: GET, `Accept: text/event-stream`,
+    /// optional `Last-Event-ID`).
+    pub async fn sse(&self, path: &str, last_event_id: Option<u64>) -> SseClient {
+        let mut request = self.http.get(self.url(path)).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id.to_string());
+        }
+        let response = tokio::time::timeout(WAIT, request.send()).await.expect("connect timeout").unwrap();
+        SseClient::new(response)
+    }
+
+    /// Stops the gateway and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task).await.expect("gateway stops").unwrap().unwrap();
+        }
+    }
+}
+
+/// One parsed SSE event.
+#[derive(Debug, Clone)]
+pub struct Sse {
+    pub id: Option<u64>,
+    pub event: String,
+    pub data: Json,
+}
+
+pub struct SseClient {
+    pub status: reqwest::StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    events: std::pin::Pin<Box<dyn futures::Stream<Item = Result<eventsource_stream::Event, String>> + Send>>,
+}
+
+impl SseClient {
+    fn new(response: reqwest::Response) -> Self {
+        use eventsource_stream::Eventsource;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let events = response.bytes_stream().eventsource().map(|r| r.map_err(|e| e.to_string()));
+        SseClient { status, headers, events: Box::pin(events) }
+    }
+
+    /// The next event, or `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Option<Sse> {
+        let event =
+            tokio::time::timeout(WAIT, self.events.next()).await.expect("timed out waiting for an SSE event")?;
+        let event = event.ok()?;
+        Some(Sse {
+            id: if event.id.is_empty() { None } else { event.id.parse().ok() },
+            event: event.event,
+            data: serde_json::from_str(&event.data)
+                .unwrap_or_else(|e| panic!("event data is JSON: {e}: {}", event.data)),
+        })
+    }
+
+    /// Events until (and including) the first one matching `stop`.
+    pub async fn until(&mut self, stop: impl Fn(&Sse) -> bool) -> Vec<Sse> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next().await {
+            let done = stop(&e);
+            out.push(e);
+            if done {
+                return out;
+            }
+        }
+        panic!("stream ended before the expected event; got {out:?}");
+    }
+
+    /// Every event until the server closes the stream.
+    pub async fn rest(&mut self) -> Vec<Sse> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next().await {
+            out.push(e);
+        }
+        out
+    }
+}
+
+pub fn is_terminal(e: &Sse) -> bool {
+    e.event == "error"
+        || (e.event == "control-message"
+            && matches!(e.data["event"].as_str(), Some("END_OF_CHANNEL" | "CHANNEL_ABORT")))
+}
+
+pub fn data_timestamps(events: &[Sse]) -> Vec<i64> {
+    events.iter().filter(|e| e.event == "data").map(|e| e.data["logicalTimestampMs"].as_i64().unwrap()).collect()
+}
+
+impl SseClient {
+    /// Events until `n` data events have arrived.
+    pub async fn until_data(&mut self, n: usize) -> Vec<Sse> {
+        let mut out = Vec::new();
+        let mut seen = 0;
+        while seen < n {
+            let e = self.next().await.unwrap_or_else(|| panic!("stream ended after {seen} data events: {out:?}"));
+            seen += usize::from(e.event == "data");
+            out.push(e);
+        }
+        out
+    }
+}
+
+impl Gateway {
+    /// Reads a stream to its terminal event the way a browser's `EventSource` does: when the
+    /// server closes it early (e.g. after `SUBSCRIBER_TOO_SLOW`), reconnect with the last id
+    /// seen. Returns the events with ids (de-duplicated by the protocol, not here) and the
+    /// number of reconnects.
+    pub async fn sse_following(&self, path: &str) -> (Vec<Sse>, usize) {
+        let mut events: Vec<Sse> = Vec::new();
+        let mut last = None;
+        for reconnects in 0..1000 {
+            let mut stream = self.sse(path, last).await;
+            assert_eq!(stream.status, 200, "reconnect {reconnects}");
+            while let Some(e) = stream.next().await {
+                if e.id.is_some() {
+                    last = e.id;
+                }
+                let terminal = is_terminal(&e);
+                events.push(e);
+                if terminal {
+                    return (events, reconnects);
+                }
+            }
+        }
+        panic!("never reached the end");
+    }
+}

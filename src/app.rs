@@ -1,0 +1,140 @@
+//! Assembling and running the gateway: [`Application::build`] binds, starts the built-in
+//! simulator when no upstream is configured, the upstream pool, the hub and the router;
+//! [`Application::run_until_stopped`] serves until a shutdown signal, then drains (streams get
+//! `SHUTTING_DOWN`, upstream jobs are stopped) within the drain timeout.
+
+use crate::config::{Settings, UpstreamTarget};
+use crate::http::{self, AppState};
+use crate::hub::{Hub, HubSettings};
+use crate::simulator::{self, Faults, SimulatorConfig, SimulatorHandle};
+use crate::upstream::{Pool, UpstreamConfig};
+use secrecy::SecretString;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The token the gateway presents to its built-in simulator (which accepts any).
+const SIMULATOR_TOKEN: &str = "built-in-simulator";
+
+pub struct Application {
+    listener: TcpListener,
+    router: axum::Router,
+    hub: Hub,
+    pool: Pool,
+    simulator: Option<SimulatorHandle>,
+    cancel: CancellationToken,
+    settings: Arc<Settings>,
+}
+
+impl Application {
+    /// Binds `settings.listen` and builds everything.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(&settings.listen).await?;
+        Self::build_with_listener(settings, listener).await
+    }
+
+    /// Builds on a listener the caller bound (tests bind `127.0.0.1:0`).
+    pub async fn build_with_listener(settings: Settings, listener: TcpListener) -> anyhow::Result<Self> {
+        let cancel = CancellationToken::new();
+        let (url, token, simulator) = match settings.upstream_target() {
+            UpstreamTarget::Simulator => {
+                let sim = start_simulator(&settings, cancel.child_token()).await?;
+                tracing::info!(url = %sim.ws_url(), "no SignalFx token or upstream URL configured: using the built-in SignalFlow simulator");
+                (sim.ws_url(), SecretString::from(SIMULATOR_TOKEN), Some(sim))
+            }
+            UpstreamTarget::Remote(url) => {
+                let token = settings.upstream.token.clone().unwrap_or_else(|| {
+                    tracing::warn!(
+                        "no upstream token configured; sending a placeholder (fine for a `simulate` instance)"
+                    );
+                    SecretString::from(SIMULATOR_TOKEN)
+                });
+                tracing::info!(%url, "using the SignalFlow upstream");
+                (url, token, None)
+            }
+        };
+        let pool = Pool::new(upstream_config(&settings, url, token), cancel.child_token());
+        let hub = Hub::new(pool.clone(), HubSettings::from_settings(&settings), cancel.child_token());
+        let settings = Arc::new(settings);
+        let state = AppState { hub: hub.clone(), settings: settings.clone(), tenant: Arc::from("default") };
+        let mut router = http::router(state);
+        if let Some(sim) = &simulator {
+            router = router.merge(simulator::control::routes(sim.state.clone()));
+        }
+        Ok(Application { listener, router, hub, pool, simulator, cancel, settings })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Serves until `shutdown` resolves, then drains within the drain timeout.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let Application { listener, router, hub, pool, simulator, cancel, settings } = self;
+        let stopping = CancellationToken::new();
+        let signal = stopping.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            signal.cancel();
+        });
+        let drained = stopping.clone();
+        let drain_hub = hub.clone();
+        let limit = settings.drain_timeout;
+        // Open streams end only when the hub closes them, so the hub drains first; the server's
+        // graceful shutdown then completes as the last responses finish.
+        let graceful = async move {
+            drained.cancelled().await;
+            tracing::info!("shutting down: ending streams and stopping upstream jobs");
+            drain_hub.shutdown(limit).await;
+        };
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        let serve = axum::serve(listener, app).with_graceful_shutdown(graceful);
+        let result = tokio::select! {
+            result = serve => result,
+            // A client that never reads its last bytes must not hold the process.
+            _ = async { stopping.cancelled().await; tokio::time::sleep(limit + std::time::Duration::from_secs(1)).await } => Ok(()),
+        };
+        pool.shutdown(limit / 2).await;
+        cancel.cancel();
+        if let Some(sim) = simulator {
+            let _ = sim.shutdown().await;
+        }
+        result
+    }
+}
+
+fn upstream_config(settings: &Settings, url: String, token: SecretString) -> UpstreamConfig {
+    let u = &settings.upstream;
+    let mut config = UpstreamConfig::new(url, token);
+    config.proxy = u.proxy.clone();
+    config.connect_timeout = u.connect_timeout;
+    config.read_timeout = u.read_timeout;
+    config.write_timeout = u.write_timeout;
+    config.max_connections = u.max_connections;
+    config.max_channels_per_connection = u.max_channels_per_connection;
+    config.job_starts_per_second = u.job_starts_per_second;
+    config.job_start_burst = u.job_start_burst;
+    config.compress = u.compress;
+    config.max_message_bytes = u.max_message_bytes;
+    config
+}
+
+async fn start_simulator(settings: &Settings, cancel: CancellationToken) -> anyhow::Result<SimulatorHandle> {
+    let mut config =
+        SimulatorConfig { keepalive_interval: settings.simulator.keepalive_interval, ..SimulatorConfig::default() };
+    if let Some(path) = &settings.simulator.inventory {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("simulator.inventory {path}: {e}"))?;
+        config.inventory = Arc::new(
+            simulator::inventory::Inventory::from_toml(&text)
+                .map_err(|e| anyhow::anyhow!("simulator.inventory {path}: {e}"))?,
+        );
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    Ok(simulator::spawn(listener, config, Faults::default(), cancel))
+}

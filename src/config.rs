@@ -1,0 +1,415 @@
+//! Settings: built-in defaults < file (`--config` or `SFGW_CONFIG`) < environment (`SFGW_`
+//! prefix, `__` between levels, e.g. `SFGW_UPSTREAM__TOKEN`) < command-line flags.
+//!
+//! Durations are human-readable (`"10s"`, `"5m"`). [`Settings::validate`] reports every problem
+//! at once, each with the setting's name. The token is a [`SecretString`]: `Debug` and
+//! [`Settings::redacted`] never show it.
+
+use crate::telemetry::LogFormat;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address the HTTP API listens on.
+    pub listen: String,
+    pub log_format: LogFormat,
+    pub upstream: UpstreamSettings,
+    pub limits: Limits,
+    pub stream: StreamSettings,
+    pub simulator: SimulatorSettings,
+    /// Longest a graceful shutdown may take.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// Full websocket URL of a SignalFlow service (or a `simulate` instance).
+    pub url: Option<String>,
+    /// Splunk Observability realm (`us0`, `us1`, `eu0`, …); builds the URL.
+    pub realm: Option<String>,
+    #[serde(deserialize_with = "lenient_secret")]
+    pub token: Option<SecretString>,
+    /// HTTP CONNECT proxy; unset reads `HTTPS_PROXY`; `"none"` disables.
+    pub proxy: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    pub max_connections: usize,
+    pub max_channels_per_connection: usize,
+    pub job_starts_per_second: f64,
+    pub job_start_burst: u32,
+    /// Ask the service for gzip-compressed frames.
+    pub compress: bool,
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_program_bytes: usize,
+    pub max_computations: usize,
+    pub max_subscribers_per_computation: usize,
+    pub max_subscribers_total: usize,
+    /// Events queued per subscriber before it is disconnected as too slow.
+    pub subscriber_queue: usize,
+    /// Replay ring per computation: most events, bytes, and age kept.
+    pub replay_events: usize,
+    pub replay_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub replay_age: Duration,
+    /// Most series whose metadata one computation caches.
+    pub max_series_per_computation: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamSettings {
+    /// SSE comment heartbeat interval.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// How long a computation outlives its last subscriber.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// How long a computation created without a stream waits for its first subscriber.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long an ended computation stays readable (state, replay of its last events).
+    #[serde(with = "humantime_serde")]
+    pub ended_retention: Duration,
+    /// How long `POST /computations` waits for the job to start (to report program errors).
+    #[serde(with = "humantime_serde")]
+    pub start_wait: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulatorSettings {
+    /// Inventory TOML for the built-in simulator.
+    pub inventory: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: "127.0.0.1:8080".into(),
+            log_format: LogFormat::Text,
+            upstream: UpstreamSettings::default(),
+            limits: Limits::default(),
+            stream: StreamSettings::default(),
+            simulator: SimulatorSettings::default(),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        UpstreamSettings {
+            url: None,
+            realm: None,
+            token: None,
+            proxy: None,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(5),
+            max_connections: 8,
+            max_channels_per_connection: 250,
+            job_starts_per_second: 10.0,
+            job_start_burst: 50,
+            compress: true,
+            max_message_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 64 * 1024,
+            max_program_bytes: 32 * 1024,
+            max_computations: 1000,
+            max_subscribers_per_computation: 20_000,
+            max_subscribers_total: 20_000,
+            subscriber_queue: 1024,
+            replay_events: 10_000,
+            replay_bytes: 16 * 1024 * 1024,
+            replay_age: Duration::from_secs(600),
+            max_series_per_computation: 100_000,
+        }
+    }
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            heartbeat: Duration::from_secs(15),
+            linger: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            ended_retention: Duration::from_secs(60),
+            start_wait: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for SimulatorSettings {
+    fn default() -> Self {
+        SimulatorSettings { inventory: None, keepalive_interval: Duration::from_secs(30) }
+    }
+}
+
+/// Where the gateway gets its SignalFlow from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamTarget {
+    /// The built-in simulator, started in-process.
+    Simulator,
+    /// A websocket URL (complete, see [`crate::upstream::dial::normalize_url`]).
+    Remote(String),
+}
+
+/// Command-line values, applied last.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub upstream_url: Option<String>,
+    pub realm: Option<String>,
+    pub token: Option<String>,
+}
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading settings: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid settings:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+}
+
+impl Settings {
+    /// Loads every layer. `file` is `--config`; without it `SFGW_CONFIG` is consulted.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let file = file.map(Path::to_path_buf).or_else(|| std::env::var_os("SFGW_CONFIG").map(Into::into));
+        let mut builder = config::Config::builder();
+        if let Some(path) = &file {
+            builder = builder.add_source(config::File::from(path.as_path()).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("SFGW")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .ignore_empty(true),
+        );
+        let mut layered: serde_json::Value = builder.build()?.try_deserialize()?;
+        // `SFGW_CONFIG` names the file; it is not a setting.
+        if let Some(map) = layered.as_object_mut() {
+            map.remove("config");
+        }
+        let mut settings: Settings =
+            serde_json::from_value(layered).map_err(|e| ConfigError::Invalid(vec![e.to_string()]))?;
+        settings.apply(overrides);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(listen) = &o.listen {
+            self.listen = listen.clone();
+        }
+        if let Some(url) = &o.upstream_url {
+            self.upstream.url = Some(url.clone());
+        }
+        if let Some(realm) = &o.realm {
+            self.upstream.realm = Some(realm.clone());
+        }
+        if let Some(token) = &o.token {
+            self.upstream.token = Some(SecretString::from(token.clone()));
+        }
+    }
+
+    /// Every problem, each naming its setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use secrecy::ExposeSecret;
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, problem: &str| {
+            if !ok {
+                problems.push(problem.to_owned());
+            }
+        };
+        check(self.listen.parse::<std::net::SocketAddr>().is_ok(), "listen: must be an address like 127.0.0.1:8080");
+        let u = &self.upstream;
+        check(!(u.url.is_some() && u.realm.is_some()), "upstream.url and upstream.realm: set one, not both");
+        check(
+            u.realm.as_deref().is_none_or(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric())),
+            "upstream.realm: letters and digits only (e.g. us1)",
+        );
+        check(
+            u.realm.is_none() || u.token.as_ref().is_some_and(|t| !t.expose_secret().is_empty()),
+            "upstream.token: required with upstream.realm",
+        );
+        if let Some(url) = &u.url
+            && let Err(e) = crate::upstream::dial::normalize_url(url)
+        {
+            problems.push(format!("upstream.url: {e}"));
+        }
+        let mut positive = |value: usize, name: &str| {
+            if value == 0 {
+                problems.push(format!("{name}: must be greater than 0"));
+            }
+        };
+        positive(u.max_connections, "upstream.max_connections");
+        positive(u.max_channels_per_connection, "upstream.max_channels_per_connection");
+        positive(u.max_message_bytes, "upstream.max_message_bytes");
+        let l = &self.limits;
+        positive(l.max_body_bytes, "limits.max_body_bytes");
+        positive(l.max_program_bytes, "limits.max_program_bytes");
+        positive(l.max_computations, "limits.max_computations");
+        positive(l.max_subscribers_per_computation, "limits.max_subscribers_per_computation");
+        positive(l.max_subscribers_total, "limits.max_subscribers_total");
+        positive(l.subscriber_queue.saturating_sub(1), "limits.subscriber_queue (at least 2)");
+        positive(l.replay_events, "limits.replay_events");
+        positive(l.replay_bytes, "limits.replay_bytes");
+        positive(l.max_series_per_computation, "limits.max_series_per_computation");
+        if u.max_channels_per_connection > 300 {
+            problems.push("upstream.max_channels_per_connection: the service allows at most 300".into());
+        }
+        if u.job_starts_per_second.is_nan() || u.job_starts_per_second <= 0.0 {
+            problems.push("upstream.job_starts_per_second: must be greater than 0".into());
+        }
+        for (value, name) in [
+            (self.stream.heartbeat, "stream.heartbeat"),
+            (u.connect_timeout, "upstream.connect_timeout"),
+            (u.read_timeout, "upstream.read_timeout"),
+            (u.write_timeout, "upstream.write_timeout"),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("{name}: must be longer than 0s"));
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    /// Where to connect: a realm or URL, else the built-in simulator.
+    pub fn upstream_target(&self) -> UpstreamTarget {
+        match (&self.upstream.url, &self.upstream.realm) {
+            (Some(url), _) => {
+                UpstreamTarget::Remote(crate::upstream::dial::normalize_url(url).unwrap_or_else(|_| url.clone()))
+            }
+            (None, Some(realm)) => UpstreamTarget::Remote(crate::upstream::dial::url_for_realm(realm)),
+            (None, None) => UpstreamTarget::Simulator,
+        }
+    }
+
+    /// The effective settings as JSON with the token replaced, for logs and dumps.
+    pub fn redacted(&self) -> serde_json::Value {
+        let u = &self.upstream;
+        serde_json::json!({
+            "listen": self.listen,
+            "logFormat": self.log_format,
+            "upstream": {
+                "url": u.url, "realm": u.realm,
+                "token": u.token.as_ref().map(|_| "[redacted]"),
+                "proxy": u.proxy.as_deref().map(crate::upstream::dial::redact),
+                "connectTimeout": humantime::format_duration(u.connect_timeout).to_string(),
+                "readTimeout": humantime::format_duration(u.read_timeout).to_string(),
+                "writeTimeout": humantime::format_duration(u.write_timeout).to_string(),
+                "maxConnections": u.max_connections,
+                "maxChannelsPerConnection": u.max_channels_per_connection,
+                "jobStartsPerSecond": u.job_starts_per_second,
+                "jobStartBurst": u.job_start_burst,
+                "compress": u.compress,
+            },
+            "limits": serde_json::to_value(LimitsView(&self.limits)).unwrap_or_default(),
+            "stream": {
+                "heartbeat": humantime::format_duration(self.stream.heartbeat).to_string(),
+                "linger": humantime::format_duration(self.stream.linger).to_string(),
+                "idleTimeout": humantime::format_duration(self.stream.idle_timeout).to_string(),
+            },
+            "drainTimeout": humantime::format_duration(self.drain_timeout).to_string(),
+        })
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LimitsView<'a>(#[serde(serialize_with = "limits_view")] &'a Limits);
+
+fn limits_view<S: serde::Serializer>(l: &&Limits, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::json!({
+        "maxBodyBytes": l.max_body_bytes, "maxProgramBytes": l.max_program_bytes,
+        "maxComputations": l.max_computations, "maxSubscribersPerComputation": l.max_subscribers_per_computation,
+        "maxSubscribersTotal": l.max_subscribers_total, "subscriberQueue": l.subscriber_queue,
+        "replayEvents": l.replay_events, "replayBytes": l.replay_bytes,
+        "replayAge": humantime::format_duration(l.replay_age).to_string(),
+    })
+    .serialize(s)
+}
+
+/// A token from a file or the environment: a string, or digits the environment layer parsed as
+/// a number.
+fn lenient_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(match value {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(SecretString::from(s)),
+        Some(other) => Some(SecretString::from(other.to_string())),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_use_the_simulator() {
+        let s = Settings::default();
+        s.validate().unwrap();
+        assert_eq!(s.upstream_target(), UpstreamTarget::Simulator);
+        assert_eq!(s.listen, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn validation_reports_every_problem_with_its_setting() {
+        let mut s = Settings { listen: "nowhere".into(), ..Settings::default() };
+        s.upstream.realm = Some("us1".into());
+        s.upstream.url = Some("ftp://x".into());
+        s.limits.max_computations = 0;
+        s.stream.heartbeat = Duration::ZERO;
+        let ConfigError::Invalid(problems) = s.validate().unwrap_err() else { panic!() };
+        let text = problems.join("\n");
+        for name in [
+            "listen:",
+            "upstream.url and upstream.realm",
+            "upstream.token:",
+            "upstream.url:",
+            "limits.max_computations:",
+            "stream.heartbeat:",
+        ] {
+            assert!(text.contains(name), "missing {name} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_or_the_dump() {
+        let mut s = Settings::default();
+        s.upstream.token = Some(SecretString::from("tok-s3cret"));
+        s.upstream.realm = Some("us1".into());
+        assert!(!format!("{s:?}").contains("s3cret"));
+        assert!(!s.redacted().to_string().contains("s3cret"));
+        assert_eq!(
+            s.upstream_target(),
+            UpstreamTarget::Remote("wss://stream.us1.signalfx.com/v2/signalflow/connect".into())
+        );
+    }
+}

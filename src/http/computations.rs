@@ -1,0 +1,188 @@
+//! `/computations`: create (or share), list, read, stop, and the metadata cache.
+
+use super::AppState;
+use super::error::{ApiError, ApiJson};
+use crate::hub::{ComputationSpec, Entry, Phase, RawSpec};
+use crate::protocol::Tsid;
+use crate::upstream::Terminal;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// `POST /computations` body.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateBody {
+    pub program: Option<String>,
+    pub start: Option<Value>,
+    pub stop: Option<Value>,
+    pub resolution: Option<Value>,
+    pub max_delay: Option<Value>,
+    pub immediate: Option<bool>,
+    pub timezone: Option<String>,
+    /// `false` opts out of sharing an identical live computation.
+    pub share: Option<bool>,
+}
+
+impl CreateBody {
+    pub fn into_raw(self) -> (RawSpec, bool) {
+        let raw = RawSpec {
+            program: self.program,
+            start: self.start,
+            stop: self.stop,
+            resolution: self.resolution,
+            max_delay: self.max_delay,
+            immediate: self.immediate,
+            timezone: self.timezone,
+        };
+        (raw, self.share.unwrap_or(true))
+    }
+}
+
+/// Validates, creates or shares, and waits for a new job to start so that a program error is
+/// answered here (400 with line and column) rather than on the stream.
+pub async fn create_entry(state: &AppState, raw: RawSpec, share: bool) -> Result<(Arc<Entry>, bool), ApiError> {
+    let spec =
+        ComputationSpec::from_raw(raw, state.settings.limits.max_program_bytes, crate::simulator::job::now_ms())?;
+    let created = state.hub.create(spec, &state.tenant, share).await?;
+    if created.new
+        && let Phase::Ended(Terminal::Error(error)) = state.hub.wait_started(&created.entry).await
+    {
+        state.hub.discard(&created.entry);
+        return Err(ApiError::program(&error));
+    }
+    Ok((created.entry, created.new))
+}
+
+pub async fn create(State(state): State<AppState>, ApiJson(body): ApiJson<CreateBody>) -> Result<Response, ApiError> {
+    let (raw, share) = body.into_raw();
+    let (entry, new) = create_entry(&state, raw, share).await?;
+    let status = if new { StatusCode::CREATED } else { StatusCode::OK };
+    let mut response = (status, Json(view(&entry))).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/computations/{}", entry.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+pub async fn list(State(state): State<AppState>) -> Json<Value> {
+    let computations: Vec<Value> = state.hub.list(&state.tenant).iter().map(|e| view(e)).collect();
+    Json(json!({ "computations": computations }))
+}
+
+fn entry(state: &AppState, id: &str) -> Result<Arc<Entry>, ApiError> {
+    state.hub.get(id, &state.tenant).ok_or_else(|| ApiError::not_found(&format!("computation {id:?}")))
+}
+
+pub async fn read(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let entry = entry(&state, &id)?;
+    Ok(Json(view(&entry)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StopQuery {
+    reason: Option<String>,
+}
+
+pub async fn stop(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<StopQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let entry = entry(&state, &id)?;
+    if entry.is_ended() {
+        return Err(ApiError::conflict(format!("computation {id:?} has already ended")));
+    }
+    let reason = query.reason.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "stopped by request".into());
+    if reason.len() > 1024 {
+        return Err(ApiError::invalid("reason", "at most 1024 bytes"));
+    }
+    state.hub.stop(&entry, &reason).await;
+    Ok(Json(view(&entry)))
+}
+
+pub async fn metadata(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let entry = entry(&state, &id)?;
+    let cache = entry.metadata();
+    let mut series: Vec<_> = cache.values().collect();
+    series.sort_by_key(|m| m.tsid);
+    let series: Vec<Value> = series.iter().map(|m| json!({ "tsId": m.tsid, "properties": m.properties })).collect();
+    Ok(Json(json!({ "series": series })))
+}
+
+pub async fn one_metadata(
+    State(state): State<AppState>,
+    Path((id, tsid)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let entry = entry(&state, &id)?;
+    let tsid = Tsid::parse(&tsid).map_err(|e| ApiError::invalid("tsId", e.to_string()))?;
+    let cache = entry.metadata();
+    let m = cache.get(&tsid).ok_or_else(|| ApiError::not_found(&format!("series {tsid}")))?;
+    Ok(Json(json!({ "tsId": m.tsid, "properties": m.properties })))
+}
+
+/// The JSON view of a computation.
+pub fn view(entry: &Entry) -> Value {
+    let upstream = entry.control.state();
+    let phase = entry.phase();
+    let (status, error, abort) = match &phase {
+        Phase::Starting => ("starting", Value::Null, Value::Null),
+        Phase::Running => ("running", Value::Null, Value::Null),
+        Phase::Reconnecting => ("reconnecting", Value::Null, Value::Null),
+        Phase::Ended(Terminal::EndOfChannel) => ("completed", Value::Null, Value::Null),
+        Phase::Ended(Terminal::Aborted { state, reason }) => {
+            ("aborted", Value::Null, json!({ "state": state, "reason": reason }))
+        }
+        Phase::Ended(Terminal::Error(e)) => (
+            "failed",
+            json!({ "code": e.code, "errorType": e.error_type, "message": e.message, "line": e.line, "column": e.column }),
+            Value::Null,
+        ),
+        Phase::Ended(Terminal::Failed(reason)) => {
+            ("failed", json!({ "errorType": "GATEWAY_ERROR", "message": reason }), Value::Null)
+        }
+    };
+    let spec = &entry.spec;
+    let resolved = spec.to_execute(entry.created_at_ms);
+    let id = &entry.id;
+    json!({
+        "id": id,
+        "status": status,
+        "program": spec.program,
+        "start": resolved.start,
+        "stop": resolved.stop,
+        "resolution": spec.resolution_ms,
+        "maxDelay": spec.max_delay_ms,
+        "immediate": spec.immediate,
+        "timezone": spec.timezone,
+        "createdAtMs": entry.created_at_ms,
+        "handle": upstream.handle,
+        "resolutionMs": upstream.resolution_ms,
+        "maxDelayMs": upstream.max_delay_ms,
+        "lagMs": upstream.lag_ms,
+        "subscribers": entry.subscribers.load(Ordering::Relaxed),
+        "sharedBy": entry.shared_by.load(Ordering::Relaxed),
+        "series": upstream.series_count,
+        "lastLogicalTimestampMs": upstream.last_complete_ms,
+        "lastEventId": entry.last_seq.load(Ordering::Relaxed),
+        "reconnects": upstream.reconnects,
+        "limitedResultSet": upstream.limited_result_set.map(|(matched, limit)| json!({ "matched": matched, "limit": limit })),
+        "error": error,
+        "abort": abort,
+        "links": {
+            "self": format!("/computations/{id}"),
+            "events": format!("/computations/{id}/events"),
+            "metadata": format!("/computations/{id}/metadata"),
+        },
+    })
+}
+
+/// The value of a header as text, if present and valid.
+pub fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}

@@ -1,0 +1,137 @@
+//! The streams: `GET /computations/{id}/events` and the one-shot
+//! `GET /computations/stream?program=…` for `EventSource`, as SSE or (by `Accept`) NDJSON.
+//!
+//! Answers that stop a browser from reconnecting forever (sse-notes §4.8): an unknown
+//! computation is 404, an ended one whose end the client has already seen is 204, and a
+//! program error on a one-shot stream is a 400 before any byte is streamed.
+
+use super::AppState;
+use super::computations::{create_entry, header_str};
+use super::error::ApiError;
+use crate::hub::stream::Subscription;
+use crate::hub::{ComputationSpec, Format, RawSpec, SubscribeOutcome};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::Value;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsQuery {
+    last_event_id: Option<String>,
+}
+
+/// `Last-Event-ID` (header, or the `lastEventId` query parameter for clients that cannot set
+/// headers).
+fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let text = header_str(headers, "last-event-id").or(query).map(str::trim).filter(|s| !s.is_empty());
+    text.map(|t| t.parse::<u64>().map_err(|_| ApiError::invalid("Last-Event-ID", format!("{t:?} is not an event id"))))
+        .transpose()
+}
+
+/// NDJSON when the client asks for it, SSE otherwise.
+pub fn format(headers: &HeaderMap) -> Format {
+    let accept = header_str(headers, "accept").unwrap_or("");
+    if accept.contains("application/x-ndjson") && !accept.contains("text/event-stream") {
+        Format::Ndjson
+    } else {
+        Format::Sse
+    }
+}
+
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(query): Query<EventsQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let last = last_event_id(&headers, query.last_event_id.as_deref())?;
+    let entry = state.hub.get(&id, &state.tenant).ok_or_else(|| ApiError::not_found(&format!("computation {id:?}")))?;
+    let outcome = entry
+        .subscribe(last, format(&headers))
+        .await
+        .ok_or_else(|| ApiError::not_found(&format!("computation {id:?}")))?;
+    respond(outcome, format(&headers))
+}
+
+/// Turns a subscribe outcome into the response.
+pub fn respond(outcome: SubscribeOutcome, format: Format) -> Result<Response, ApiError> {
+    match outcome {
+        SubscribeOutcome::Stream(subscription) => Ok(stream_response(subscription, format)),
+        SubscribeOutcome::Finished => Ok(StatusCode::NO_CONTENT.into_response()),
+        SubscribeOutcome::TooManySubscribers => Err(ApiError::limit("the subscriber limit is reached")),
+    }
+}
+
+pub fn stream_response(subscription: Subscription, format: Format) -> Response {
+    let content_type = match format {
+        Format::Sse => "text/event-stream",
+        Format::Ndjson => "application/x-ndjson",
+    };
+    let mut response = Body::from_stream(subscription).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// Query parameters of the one-shot stream (all strings, as a URL carries them).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OneShotQuery {
+    program: Option<String>,
+    start: Option<String>,
+    stop: Option<String>,
+    resolution: Option<String>,
+    max_delay: Option<String>,
+    immediate: Option<String>,
+    timezone: Option<String>,
+    share: Option<String>,
+    last_event_id: Option<String>,
+}
+
+fn flag(field: &'static str, value: Option<&str>) -> Result<Option<bool>, ApiError> {
+    match value.map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(None),
+        Some(v) if v.is_empty() || v == "true" || v == "1" => Ok(Some(true)),
+        Some(v) if v == "false" || v == "0" => Ok(Some(false)),
+        Some(v) => Err(ApiError::invalid(field, format!("{v:?} is not true or false"))),
+    }
+}
+
+pub async fn one_shot(
+    State(state): State<AppState>,
+    Query(q): Query<OneShotQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let last = last_event_id(&headers, q.last_event_id.as_deref())?;
+    let text = |v: Option<String>| v.map(Value::String);
+    let raw = RawSpec {
+        program: q.program,
+        start: text(q.start),
+        stop: text(q.stop),
+        resolution: text(q.resolution),
+        max_delay: text(q.max_delay),
+        immediate: flag("immediate", q.immediate.as_deref())?,
+        timezone: q.timezone,
+    };
+    let share = flag("share", q.share.as_deref())?.unwrap_or(true);
+    let format = format(&headers);
+    // A reconnecting EventSource: resume the computation this URL started, if it is still
+    // held (running, lingering, or ended and retained), rather than starting another.
+    if let Some(seen) = last {
+        let now = crate::simulator::job::now_ms();
+        let spec = ComputationSpec::from_raw(raw.clone(), state.settings.limits.max_program_bytes, now)?;
+        if let Some(entry) = state.hub.find_by_key(&spec.key(&state.tenant, now))
+            && let Some(outcome) = entry.subscribe(Some(seen), format).await
+        {
+            return respond(outcome, format);
+        }
+    }
+    let (entry, _new) = create_entry(&state, raw, share).await?;
+    let outcome = entry.subscribe(None, format).await.ok_or_else(|| ApiError::not_found("the computation"))?;
+    respond(outcome, format)
+}

@@ -1,0 +1,451 @@
+//! One gateway computation: its shared state ([`Entry`]) and the pump task that owns its event
+//! sequence, replay ring and subscribers.
+//!
+//! The pump is the only writer of ids, the ring and the subscriber list, so subscribing is
+//! ordered with events by construction: a new subscriber's snapshot or replay and its first live
+//! event can neither overlap nor leave a gap. It never waits on a subscriber.
+
+use super::render::{self, GatewayEvent};
+use super::spec::{ComputationSpec, SpecKey};
+use super::stream::{
+    self, Delivery, DropReason, Format, Item, Replay, ReplayRing, RingLimits, Subscriber, Subscription, Unsubscribe,
+};
+use super::{HubInner, HubStats};
+use crate::protocol::Tsid;
+use crate::protocol::metadata::MetadataMessage;
+use crate::upstream::{ComputationControl, EventReceiver, Terminal, UpstreamEvent};
+use bytes::Bytes;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Where a computation is in its life, as the gateway reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Running,
+    Reconnecting,
+    Ended(Terminal),
+}
+
+/// What the pump is asked to do.
+pub enum PumpCommand {
+    Subscribe { last_event_id: Option<u64>, format: Format, reply: oneshot::Sender<SubscribeOutcome> },
+    Unsubscribe(u64),
+}
+
+/// The answer to a subscribe.
+pub enum SubscribeOutcome {
+    Stream(Subscription),
+    /// The computation has ended and the subscriber has seen its end: nothing more will come.
+    Finished,
+    TooManySubscribers,
+}
+
+/// A computation's state shared with the HTTP side.
+pub struct Entry {
+    pub id: String,
+    pub spec: ComputationSpec,
+    pub key: SpecKey,
+    /// Whose computation this is; others never see it.
+    pub tenant: String,
+    pub created_at_ms: i64,
+    pub control: ComputationControl,
+    commands: mpsc::Sender<PumpCommand>,
+    phase: watch::Sender<Phase>,
+    pub subscribers: AtomicUsize,
+    /// Requests that joined this computation instead of starting their own.
+    pub shared_by: AtomicU64,
+    pub last_seq: AtomicU64,
+    /// Nothing evicted from the replay ring yet: a joiner can see everything from the start.
+    pub ring_complete: AtomicBool,
+    metadata: Mutex<HashMap<Tsid, Arc<MetadataMessage>>>,
+}
+
+impl Entry {
+    pub fn phase(&self) -> Phase {
+        self.phase.borrow().clone()
+    }
+
+    pub fn watch_phase(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    /// Short critical section, no await.
+    pub fn metadata(&self) -> MutexGuard<'_, HashMap<Tsid, Arc<MetadataMessage>>> {
+        self.metadata.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the pump for a subscription.
+    pub async fn subscribe(&self, last_event_id: Option<u64>, format: Format) -> Option<SubscribeOutcome> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(PumpCommand::Subscribe { last_event_id, format, reply }).await.ok()?;
+        answer.await.ok()
+    }
+
+    pub fn is_ended(&self) -> bool {
+        matches!(*self.phase.borrow(), Phase::Ended(_))
+    }
+}
+
+/// What a new computation starts from.
+pub struct NewComputation {
+    pub id: String,
+    pub spec: ComputationSpec,
+    pub key: SpecKey,
+    pub tenant: String,
+    pub control: ComputationControl,
+    pub events: EventReceiver,
+    pub now_ms: i64,
+}
+
+/// Creates the entry and spawns its pump on the hub's tracker.
+pub fn start(hub: &Arc<HubInner>, new: NewComputation) -> Arc<Entry> {
+    let NewComputation { id, spec, key, tenant, control, events, now_ms } = new;
+    let settings = &hub.settings;
+    let (commands_tx, commands) =
+        mpsc::channel(settings.max_subscribers_per_computation.saturating_mul(2).clamp(16, 65_536));
+    let entry = Arc::new(Entry {
+        id,
+        spec,
+        key,
+        tenant,
+        created_at_ms: now_ms,
+        control,
+        commands: commands_tx,
+        phase: watch::Sender::new(Phase::Starting),
+        subscribers: AtomicUsize::new(0),
+        shared_by: AtomicU64::new(0),
+        last_seq: AtomicU64::new(0),
+        ring_complete: AtomicBool::new(true),
+        metadata: Mutex::new(HashMap::new()),
+    });
+    let limits = RingLimits { events: settings.replay_events, bytes: settings.replay_bytes, age: settings.replay_age };
+    let pump = Pump {
+        entry: entry.clone(),
+        hub: hub.clone(),
+        ring: ReplayRing::new(limits),
+        subscribers: Vec::new(),
+        next_subscriber: 1,
+        buf: Vec::with_capacity(64 * 1024),
+        had_subscribers: false,
+        empty_since: Some(Instant::now()),
+        ended_at: None,
+        stop_sent: false,
+    };
+    hub.tracker.spawn(pump.run(events, commands));
+    entry
+}
+
+struct Pump {
+    entry: Arc<Entry>,
+    hub: Arc<HubInner>,
+    ring: ReplayRing,
+    subscribers: Vec<Subscriber>,
+    next_subscriber: u64,
+    /// Reused render buffer.
+    buf: Vec<u8>,
+    had_subscribers: bool,
+    empty_since: Option<Instant>,
+    ended_at: Option<Instant>,
+    stop_sent: bool,
+}
+
+fn now_ms() -> i64 {
+    crate::simulator::job::now_ms()
+}
+
+impl Pump {
+    async fn run(mut self, mut events: EventReceiver, mut commands: mpsc::Receiver<PumpCommand>) {
+        let settings = self.hub.settings.clone();
+        let mut heartbeat = tokio::time::interval(settings.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.tick().await;
+        let shutdown = self.hub.shutdown.clone();
+        let mut upstream_open = true;
+        loop {
+            let deadline = self.deadline();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if self.ended_at.is_none() => self.shut_down().await,
+                Some(command) = commands.recv() => self.command(command),
+                event = events.recv(), if upstream_open => match event {
+                    Some(event) => self.upstream(event),
+                    None => upstream_open = false,
+                },
+                _ = heartbeat.tick() => self.heartbeat(),
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    if self.ended_at.is_some() {
+                        break;
+                    }
+                    self.idle_stop().await;
+                }
+            }
+            if shutdown.is_cancelled() && self.ended_at.is_some() {
+                break;
+            }
+        }
+        self.hub.remove(&self.entry);
+    }
+
+    /// When something must happen without an event: the linger or idle stop while nobody
+    /// listens, or the end of retention once ended.
+    fn deadline(&self) -> Instant {
+        let settings = &self.hub.settings;
+        if let Some(ended) = self.ended_at {
+            return ended + settings.ended_retention;
+        }
+        match (self.empty_since, self.stop_sent) {
+            (Some(since), false) => since + if self.had_subscribers { settings.linger } else { settings.idle_timeout },
+            _ => Instant::now() + Duration::from_secs(86_400),
+        }
+    }
+
+    async fn idle_stop(&mut self) {
+        self.stop_sent = true;
+        let reason =
+            if self.had_subscribers { "no subscribers left" } else { "no subscriber came before the idle timeout" };
+        tracing::info!(computation = %self.entry.id, reason, "stopping computation");
+        self.entry.control.stop(reason).await;
+    }
+
+    async fn shut_down(&mut self) {
+        let body = render::notice("SHUTTING_DOWN", now_ms(), json!({}));
+        self.publish(GatewayEvent::new(Some(self.next_seq()), "gateway", &body));
+        // Subscribers' queues close: their responses end once drained.
+        self.subscribers.clear();
+        self.set_subscriber_count();
+        if !self.stop_sent {
+            self.stop_sent = true;
+            self.entry.control.stop("the gateway is shutting down").await;
+        }
+        self.ended_at = Some(Instant::now());
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.entry.last_seq.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn set_subscriber_count(&mut self) {
+        let before = self.entry.subscribers.swap(self.subscribers.len(), Ordering::Relaxed);
+        let now = self.subscribers.len();
+        if now > before {
+            self.hub.total_subscribers.fetch_add(now - before, Ordering::Relaxed);
+        } else {
+            self.hub.total_subscribers.fetch_sub(before - now, Ordering::Relaxed);
+        }
+        if now == 0 {
+            self.empty_since.get_or_insert_with(Instant::now);
+        } else {
+            self.empty_since = None;
+            self.had_subscribers = true;
+        }
+    }
+
+    fn upstream(&mut self, event: UpstreamEvent) {
+        let started = Instant::now();
+        match &event {
+            UpstreamEvent::JobStarted { .. } => self.set_phase(Phase::Running),
+            UpstreamEvent::Disconnected { .. } => self.set_phase(Phase::Reconnecting),
+            UpstreamEvent::Resumed { .. } => self.set_phase(Phase::Running),
+            UpstreamEvent::Metadata(m) => {
+                let mut cache = self.entry.metadata();
+                if cache.len() < self.hub.settings.max_series_per_computation {
+                    cache.insert(m.tsid, m.clone());
+                }
+            }
+            UpstreamEvent::Expired(tsid) => {
+                self.entry.metadata().remove(tsid);
+            }
+            _ => {}
+        }
+        let seq = self.next_seq();
+        let name = render::render(&event, now_ms(), &mut self.buf);
+        let mut rendered = GatewayEvent::new(Some(seq), name, &self.buf);
+        if let UpstreamEvent::Ended(terminal) = &event {
+            rendered = rendered.into_terminal();
+            self.publish(rendered);
+            self.end(terminal.clone());
+        } else {
+            self.publish(rendered);
+        }
+        self.hub.stats.record_latency(started.elapsed());
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        if !self.entry.is_ended() {
+            self.entry.phase.send_replace(phase);
+        }
+    }
+
+    fn end(&mut self, terminal: Terminal) {
+        tracing::info!(computation = %self.entry.id, ?terminal, "computation ended");
+        self.entry.phase.send_replace(Phase::Ended(terminal));
+        self.hub.forget_key(&self.entry);
+        self.subscribers.clear();
+        self.set_subscriber_count();
+        self.ended_at = Some(Instant::now());
+    }
+
+    /// Appends to the ring and hands the event to every subscriber.
+    fn publish(&mut self, event: GatewayEvent) {
+        let event = Arc::new(event);
+        self.ring.push(event.clone(), Instant::now());
+        self.entry.ring_complete.store(self.ring.is_complete(), Ordering::Relaxed);
+        self.hub.stats.events_sent.fetch_add(self.subscribers.len() as u64, Ordering::Relaxed);
+        let too_slow = self.too_slow_notice();
+        let hub_stats = &self.hub.stats;
+        let id = &self.entry.id;
+        let before = self.subscribers.len();
+        self.subscribers.retain_mut(|s| match s.push(Item::Event(event.clone()), &too_slow) {
+            Delivery::Sent => true,
+            Delivery::Closed => false,
+            Delivery::Dropped(reason) => {
+                hub_stats.count_drop(reason);
+                tracing::info!(computation = %id, subscriber = s.id, ?reason, "disconnected a slow subscriber");
+                false
+            }
+        });
+        if self.subscribers.len() != before {
+            self.set_subscriber_count();
+        }
+    }
+
+    fn too_slow_notice(&self) -> impl Fn() -> Item + use<> {
+        let notice =
+            Arc::new(GatewayEvent::new(None, "gateway", &render::notice("SUBSCRIBER_TOO_SLOW", now_ms(), json!({}))));
+        move || Item::Event(notice.clone())
+    }
+
+    fn heartbeat(&mut self) {
+        self.ring.evict_expired(Instant::now());
+        self.entry.ring_complete.store(self.ring.is_complete(), Ordering::Relaxed);
+        let too_slow = self.too_slow_notice();
+        let stats = &self.hub.stats;
+        let before = self.subscribers.len();
+        self.subscribers.retain_mut(|s| match s.heartbeat(&too_slow) {
+            Delivery::Sent => true,
+            Delivery::Closed => false,
+            Delivery::Dropped(reason) => {
+                stats.count_drop(reason);
+                false
+            }
+        });
+        if self.subscribers.len() != before {
+            self.set_subscriber_count();
+        }
+    }
+
+    fn command(&mut self, command: PumpCommand) {
+        match command {
+            PumpCommand::Unsubscribe(id) => {
+                self.subscribers.retain(|s| s.id != id);
+                self.set_subscriber_count();
+            }
+            PumpCommand::Subscribe { last_event_id, format, reply } => {
+                let outcome = self.subscribe(last_event_id, format);
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// A new subscriber: without an id it gets the whole computation if the ring still holds
+    /// it from the start, else the metadata snapshot; with an id, the metadata snapshot and
+    /// exactly the events it missed (or `REPLAY_INCOMPLETE` and the current state).
+    fn subscribe(&mut self, last_event_id: Option<u64>, format: Format) -> SubscribeOutcome {
+        let latest = self.entry.last_seq.load(Ordering::Relaxed);
+        let settings = &self.hub.settings;
+        let ended = self.ended_at.is_some();
+        if !ended
+            && (self.subscribers.len() >= settings.max_subscribers_per_computation
+                || self.hub.total_subscribers.load(Ordering::Relaxed) >= settings.max_subscribers_total)
+        {
+            return SubscribeOutcome::TooManySubscribers;
+        }
+        let mut initial: Vec<Arc<GatewayEvent>> = Vec::new();
+        match last_event_id {
+            None if self.ring.is_complete() => initial.extend(self.ring.all().cloned()),
+            None => initial.extend(self.snapshot()),
+            Some(seen) => {
+                if ended && seen >= latest {
+                    return SubscribeOutcome::Finished;
+                }
+                initial.extend(self.snapshot());
+                match self.ring.after(seen, latest) {
+                    Replay::Complete(missed) => initial.extend(missed.into_iter().cloned()),
+                    Replay::Incomplete { oldest } => {
+                        self.hub.stats.replay_misses.fetch_add(1, Ordering::Relaxed);
+                        initial.push(Arc::new(self.replay_incomplete(oldest)));
+                    }
+                }
+            }
+        }
+        if last_event_id.is_some() {
+            self.hub.stats.replays.fetch_add(1, Ordering::Relaxed);
+        }
+        if ended && !initial.iter().any(|e| e.terminal) {
+            initial.extend(self.ring.all().rev().find(|e| e.terminal).cloned());
+        }
+        let prelude = (format == Format::Sse).then(|| retry_prelude(settings.heartbeat));
+        if ended {
+            return SubscribeOutcome::Stream(Subscription::finished(initial, prelude, format));
+        }
+        let id = self.next_subscriber;
+        self.next_subscriber += 1;
+        let commands = self.entry.commands.clone();
+        let unsubscribe = Unsubscribe(Some(Box::new(move || {
+            // The pump also notices a closed queue at its next send; this is only quicker.
+            let _ = commands.try_send(PumpCommand::Unsubscribe(id));
+        })));
+        let (subscriber, subscription) =
+            stream::subscriber(id, settings.subscriber_queue, initial, prelude, format, unsubscribe);
+        self.subscribers.push(subscriber);
+        self.set_subscriber_count();
+        SubscribeOutcome::Stream(subscription)
+    }
+
+    /// Metadata of every series currently known, without ids.
+    fn snapshot(&self) -> Vec<Arc<GatewayEvent>> {
+        let cache = self.entry.metadata();
+        let mut series: Vec<&Arc<MetadataMessage>> = cache.values().collect();
+        series.sort_by_key(|m| m.tsid);
+        series.into_iter().map(|m| Arc::new(GatewayEvent::new(None, "metadata", &render::metadata_json(m)))).collect()
+    }
+
+    fn replay_incomplete(&self, oldest: Option<u64>) -> GatewayEvent {
+        let state = self.entry.control.state();
+        let status = match self.entry.phase() {
+            Phase::Starting => "STARTING",
+            Phase::Running => "RUNNING",
+            Phase::Reconnecting => "RECONNECTING",
+            Phase::Ended(_) => "ENDED",
+        };
+        let extra = json!({
+            "oldestId": oldest,
+            "status": status,
+            "handle": state.handle,
+            "resolutionMs": state.resolution_ms,
+            "lastLogicalTimestampMs": state.last_complete_ms,
+        });
+        GatewayEvent::new(None, "gateway", &render::notice("REPLAY_INCOMPLETE", now_ms(), extra))
+    }
+}
+
+/// `retry:` with jitter, so browsers do not reconnect in lockstep after a restart.
+fn retry_prelude(heartbeat: Duration) -> Bytes {
+    let base = heartbeat.as_millis().clamp(1000, 5000) as u64;
+    let retry = base / 2 + fastrand::u64(0..=base / 2);
+    Bytes::from(format!("retry: {retry}\n\n"))
+}
+
+impl HubStats {
+    fn count_drop(&self, reason: DropReason) {
+        match reason {
+            DropReason::QueueFull => self.dropped_slow.fetch_add(1, Ordering::Relaxed),
+            DropReason::Stalled => self.dropped_stalled.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}

@@ -1,0 +1,328 @@
+//! Computations and fan-out. The hub knows nothing of HTTP: it turns specs into upstream jobs,
+//! shares identical live ones, and fans each one's events out to its subscribers.
+//!
+//! - [`spec`]: validated, normalised requests and their sharing key.
+//! - [`computation`]: one computation's shared state and its pump task.
+//! - [`stream`]: the replay ring, subscriber queues and the slow-consumer policy.
+//! - [`render`]: gateway events rendered once to JSON, SSE and NDJSON bytes.
+
+pub mod computation;
+pub mod render;
+pub mod spec;
+pub mod stream;
+
+pub use computation::{Entry, Phase, SubscribeOutcome};
+pub use spec::{ComputationSpec, RawSpec, SpecError, SpecKey, TimeSpec};
+pub use stream::Format;
+
+use crate::config::Settings;
+use crate::upstream::{Pool, UpstreamError};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The hub's share of the settings.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub max_computations: usize,
+    pub max_subscribers_per_computation: usize,
+    pub max_subscribers_total: usize,
+    pub subscriber_queue: usize,
+    pub replay_events: usize,
+    pub replay_bytes: usize,
+    pub replay_age: Duration,
+    pub max_series_per_computation: usize,
+    pub heartbeat: Duration,
+    pub linger: Duration,
+    pub idle_timeout: Duration,
+    pub ended_retention: Duration,
+    /// How long a create waits for the job to start (to report program errors synchronously).
+    pub start_wait: Duration,
+    /// How long a create waits for an authenticated upstream socket before answering 503.
+    pub ready_wait: Duration,
+    pub stop_wait: Duration,
+}
+
+impl HubSettings {
+    pub fn from_settings(s: &Settings) -> Self {
+        HubSettings {
+            max_computations: s.limits.max_computations,
+            max_subscribers_per_computation: s.limits.max_subscribers_per_computation,
+            max_subscribers_total: s.limits.max_subscribers_total,
+            subscriber_queue: s.limits.subscriber_queue,
+            replay_events: s.limits.replay_events,
+            replay_bytes: s.limits.replay_bytes,
+            replay_age: s.limits.replay_age,
+            max_series_per_computation: s.limits.max_series_per_computation,
+            heartbeat: s.stream.heartbeat,
+            linger: s.stream.linger,
+            idle_timeout: s.stream.idle_timeout,
+            ended_retention: s.stream.ended_retention,
+            start_wait: s.stream.start_wait,
+            ready_wait: s.upstream.connect_timeout.min(Duration::from_secs(5)),
+            stop_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Upper bounds (µs) of the pump latency histogram's buckets; the last bucket is unbounded.
+pub const LATENCY_BUCKETS_US: [u64; 8] = [50, 100, 250, 500, 1_000, 5_000, 25_000, 100_000];
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub computations_created: AtomicU64,
+    pub computations_shared: AtomicU64,
+    pub events_sent: AtomicU64,
+    pub dropped_slow: AtomicU64,
+    pub dropped_stalled: AtomicU64,
+    pub replays: AtomicU64,
+    pub replay_misses: AtomicU64,
+    /// Time from an upstream event reaching the pump to it being queued for every subscriber.
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    pub latency_sum_us: AtomicU64,
+}
+
+impl HubStats {
+    pub fn record_latency(&self, elapsed: Duration) {
+        let us = elapsed.as_micros() as u64;
+        let bucket = LATENCY_BUCKETS_US.iter().position(|b| us <= *b).unwrap_or(LATENCY_BUCKETS_US.len());
+        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+}
+
+/// Why a hub operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HubError {
+    #[error("no such computation")]
+    NotFound,
+    #[error("the gateway is running its limit of {0} computations")]
+    TooManyComputations(usize),
+    #[error("the upstream has no room for another job: {0}")]
+    UpstreamFull(String),
+    #[error("the SignalFlow upstream is unavailable: {0}")]
+    UpstreamUnavailable(String),
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// The result of a create.
+pub struct Created {
+    pub entry: Arc<Entry>,
+    /// False when an identical live computation was shared.
+    pub new: bool,
+}
+
+pub struct HubInner {
+    pub pool: Pool,
+    pub settings: HubSettings,
+    entries: Mutex<HashMap<String, Arc<Entry>>>,
+    by_key: Mutex<HashMap<SpecKey, String>>,
+    /// Serialises creates so two identical requests cannot both start a job.
+    creating: tokio::sync::Mutex<()>,
+    pub total_subscribers: AtomicUsize,
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+    pub stats: HubStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Short critical sections with no await inside.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl HubInner {
+    /// Drops a computation from the registry (its pump is ending).
+    pub(crate) fn remove(&self, entry: &Entry) {
+        self.forget_key(entry);
+        lock(&self.entries).remove(&entry.id);
+    }
+
+    /// Stops sharing a computation (it ended).
+    pub(crate) fn forget_key(&self, entry: &Entry) {
+        let mut by_key = lock(&self.by_key);
+        if by_key.get(&entry.key) == Some(&entry.id) {
+            by_key.remove(&entry.key);
+        }
+    }
+}
+
+/// The hub handle; cheap to clone.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<HubInner>,
+}
+
+impl Hub {
+    pub fn new(pool: Pool, settings: HubSettings, shutdown: CancellationToken) -> Self {
+        Hub {
+            inner: Arc::new(HubInner {
+                pool,
+                settings,
+                entries: Mutex::new(HashMap::new()),
+                by_key: Mutex::new(HashMap::new()),
+                creating: tokio::sync::Mutex::new(()),
+                total_subscribers: AtomicUsize::new(0),
+                tracker: TaskTracker::new(),
+                shutdown,
+                stats: HubStats::default(),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &HubSettings {
+        &self.inner.settings
+    }
+
+    pub fn stats(&self) -> &HubStats {
+        &self.inner.stats
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    pub fn total_subscribers(&self) -> usize {
+        self.inner.total_subscribers.load(Ordering::Relaxed)
+    }
+
+    /// Starts a computation, or joins an identical one that is running (when `share` is set and
+    /// the running one can still show a new subscriber everything from its start, or is live
+    /// from "now").
+    pub async fn create(&self, spec: ComputationSpec, tenant: &str, share: bool) -> Result<Created, HubError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(HubError::ShuttingDown);
+        }
+        let now = crate::simulator::job::now_ms();
+        let key = spec.key(tenant, now);
+        let _creating = self.inner.creating.lock().await;
+        if share && let Some(entry) = self.shareable(&key) {
+            entry.shared_by.fetch_add(1, Ordering::Relaxed);
+            self.inner.stats.computations_shared.fetch_add(1, Ordering::Relaxed);
+            return Ok(Created { entry, new: false });
+        }
+        let max = self.inner.settings.max_computations;
+        if lock(&self.inner.entries).values().filter(|e| !e.is_ended()).count() >= max {
+            return Err(HubError::TooManyComputations(max));
+        }
+        self.wait_ready().await?;
+        let computation = self.inner.pool.execute(spec.to_execute(now)).await.map_err(|e| match e {
+            UpstreamError::PoolFull(_) => HubError::UpstreamFull(e.to_string()),
+            UpstreamError::Closed => HubError::ShuttingDown,
+        })?;
+        let (events, control) = computation.into_parts();
+        let id = new_id();
+        let new = computation::NewComputation {
+            id: id.clone(),
+            spec,
+            key: key.clone(),
+            tenant: tenant.to_owned(),
+            control,
+            events,
+            now_ms: now,
+        };
+        let entry = computation::start(&self.inner, new);
+        lock(&self.inner.entries).insert(id.clone(), entry.clone());
+        if share {
+            lock(&self.inner.by_key).insert(key, id);
+        }
+        self.inner.stats.computations_created.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(computation = %entry.id, "computation created");
+        Ok(Created { entry, new: true })
+    }
+
+    fn shareable(&self, key: &SpecKey) -> Option<Arc<Entry>> {
+        let id = lock(&self.inner.by_key).get(key).cloned()?;
+        let entry = lock(&self.inner.entries).get(&id).cloned()?;
+        let whole_history = entry.ring_complete.load(Ordering::Relaxed);
+        let from_now = entry.spec.start.is_none();
+        (!entry.is_ended() && (whole_history || from_now)).then_some(entry)
+    }
+
+    async fn wait_ready(&self) -> Result<(), HubError> {
+        let deadline = tokio::time::Instant::now() + self.inner.settings.ready_wait;
+        while !self.inner.pool.is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                let reason = self.inner.pool.status().last_error.unwrap_or_else(|| "not connected yet".into());
+                return Err(HubError::UpstreamUnavailable(reason));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Waits (at most `start_wait`) until the job has started or ended; returns its phase.
+    pub async fn wait_started(&self, entry: &Entry) -> Phase {
+        let mut phase = entry.watch_phase();
+        let started = phase.wait_for(|p| *p != Phase::Starting);
+        match tokio::time::timeout(self.inner.settings.start_wait, started).await {
+            Ok(Ok(p)) => p.clone(),
+            _ => entry.phase(),
+        }
+    }
+
+    /// A computation visible to `tenant`.
+    pub fn get(&self, id: &str, tenant: &str) -> Option<Arc<Entry>> {
+        lock(&self.inner.entries).get(id).filter(|e| e.tenant == tenant).cloned()
+    }
+
+    /// The most recent computation with this key (running or retained), for resuming one-shot
+    /// streams whose URL names no computation id.
+    pub fn find_by_key(&self, key: &SpecKey) -> Option<Arc<Entry>> {
+        let entries = lock(&self.inner.entries);
+        entries.values().filter(|e| &e.key == key).max_by_key(|e| e.created_at_ms).cloned()
+    }
+
+    /// Every computation visible to `tenant`, oldest first.
+    pub fn list(&self, tenant: &str) -> Vec<Arc<Entry>> {
+        let mut all: Vec<Arc<Entry>> =
+            lock(&self.inner.entries).values().filter(|e| e.tenant == tenant).cloned().collect();
+        all.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+        all
+    }
+
+    /// Counts by phase name, for metrics.
+    pub fn phase_counts(&self) -> HashMap<&'static str, usize> {
+        let mut counts = HashMap::new();
+        for e in lock(&self.inner.entries).values() {
+            let name = match e.phase() {
+                Phase::Starting => "starting",
+                Phase::Running => "running",
+                Phase::Reconnecting => "reconnecting",
+                Phase::Ended(_) => "ended",
+            };
+            *counts.entry(name).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Stops a computation for every subscriber and waits (bounded) for its end.
+    pub async fn stop(&self, entry: &Entry, reason: &str) -> Phase {
+        entry.control.stop(reason).await;
+        let mut phase = entry.watch_phase();
+        let ended = phase.wait_for(|p| matches!(p, Phase::Ended(_)));
+        let _ = tokio::time::timeout(self.inner.settings.stop_wait, ended).await;
+        entry.phase()
+    }
+
+    /// Forgets a computation now (a create that failed with a program error).
+    pub fn discard(&self, entry: &Entry) {
+        self.inner.remove(entry);
+    }
+
+    /// Ends every stream with `SHUTTING_DOWN`, stops every job, and waits at most `limit`.
+    pub async fn shutdown(&self, limit: Duration) {
+        self.inner.shutdown.cancel();
+        self.inner.tracker.close();
+        let _ = tokio::time::timeout(limit, self.inner.tracker.wait()).await;
+    }
+}
+
+/// An 11-character URL-safe id.
+fn new_id() -> String {
+    crate::protocol::Tsid(fastrand::u64(..)).to_string()
+}

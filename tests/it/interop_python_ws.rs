@@ -1,0 +1,370 @@
+//! Interop: the official SignalFlow Python client (`signalfx` 1.1.16 from PyPI, WebSocket
+//! transport) against the simulator. `tests/interop/python_ws_client.py` drives the client and
+//! prints what it observed as one JSON document; these tests assert on it.
+//!
+//! The interpreter comes from `SFGW_INTEROP_PYTHON`, which `scripts/test` sets after preparing
+//! the interop virtualenv. Without it these tests fail (they are not skipped): an interop suite
+//! that silently does nothing proves nothing.
+//!
+//! Expected values are cross-checked with the crate's own websocket client (`support::WsClient`)
+//! running the same query against the same simulator: the simulator's values are a pure function
+//! of (program, series, timestamp), so both clients must decode the very same TSIDs and IEEE-754
+//! bits.
+
+use crate::support::*;
+use serde::Deserialize;
+use serde_json::{Value as Json, json};
+use signalflow_gateway::protocol::Value;
+use signalflow_gateway::protocol::messages::ServerMessage;
+use signalflow_gateway::simulator::SimulatorHandle;
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::Command;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/python_ws_client.py");
+/// Two publish blocks: `A` has one series per region (2), `B` a single series.
+const TWO_BLOCKS: &str = "A = data('cpu.utilization').mean(by=['region']).publish('A')\n\
+                          B = data('memory.utilization').max().publish('B')";
+/// A past, resolution-aligned start: the whole range is historical.
+const START: i64 = 1_700_000_000_000;
+const RESOLUTION_MS: i64 = 1_000;
+/// Input series of `TWO_BLOCKS` in the demo inventory: 48 of each metric.
+const TWO_BLOCKS_INPUTS: i64 = 96;
+/// The script's own watchdog (it then prints what it saw); a hang guard, not a timing assertion.
+const SCRIPT_WATCHDOG_S: &str = "45";
+/// Outer hang guard, beyond the script's watchdog.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One data batch as the Python client yielded it (merged across publish blocks).
+#[derive(Debug, Deserialize)]
+struct Batch {
+    t: i64,
+    points: BTreeMap<String, Json>,
+    /// IEEE-754 bits of each float value, 16 hex digits.
+    bits: BTreeMap<String, Json>,
+}
+
+/// What `python_ws_client.py` reports.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Report {
+    scenario: String,
+    compress: bool,
+    handle: Option<String>,
+    resolution_ms: Option<i64>,
+    num_input_timeseries: Option<i64>,
+    state: Option<String>,
+    metadata: BTreeMap<String, serde_json::Map<String, Json>>,
+    batches: Vec<Batch>,
+    batches_before_stop: Option<usize>,
+    yielded: Vec<String>,
+    ended: Option<String>,
+    exception: Option<serde_json::Map<String, Json>>,
+    frames: Vec<Frame>,
+    error_payloads: Vec<serde_json::Map<String, Json>>,
+}
+
+/// One websocket frame the client's transport received.
+#[derive(Debug, Deserialize)]
+struct Frame {
+    binary: bool,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    event: Option<String>,
+    version: Option<u8>,
+    mtype: Option<u8>,
+    flags: Option<u8>,
+}
+
+impl Report {
+    fn yielded(&self, class: &str) -> usize {
+        self.yielded.iter().filter(|y| *y == class).count()
+    }
+
+    fn exception_field(&self, key: &str) -> &Json {
+        self.exception.as_ref().and_then(|e| e.get(key)).unwrap_or_else(|| panic!("no exception.{key}: {self:#?}"))
+    }
+
+    /// Text frames other than server keep-alives.
+    fn text_frames(&self) -> Vec<(Option<&str>, Option<&str>)> {
+        self.frames
+            .iter()
+            .filter(|f| !f.binary && f.event.as_deref() != Some("KEEP_ALIVE"))
+            .map(|f| (f.kind.as_deref(), f.event.as_deref()))
+            .collect()
+    }
+
+    fn binary_frames(&self) -> impl Iterator<Item = &Frame> {
+        self.frames.iter().filter(|f| f.binary)
+    }
+}
+
+fn python() -> String {
+    match std::env::var("SFGW_INTEROP_PYTHON") {
+        Ok(python) if !python.is_empty() => python,
+        _ => panic!(
+            "SFGW_INTEROP_PYTHON is not set. Run the tests with scripts/test: it prepares the interop \
+             virtualenv (target/interop-venv, with the official `signalfx` client from PyPI) and points \
+             SFGW_INTEROP_PYTHON at its python."
+        ),
+    }
+}
+
+/// Runs one scenario of the script against `sim` and parses its report.
+async fn run_client(sim: &SimulatorHandle, scenario: &str, args: &[&str]) -> Report {
+    let base_url = format!("http://{}", sim.addr);
+    let mut command = Command::new(python());
+    command
+        .arg(SCRIPT)
+        .arg(scenario)
+        .arg(&base_url)
+        .args(args)
+        .args(["--timeout", SCRIPT_WATCHDOG_S])
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("python_ws_client.py {scenario} did not finish within {SCRIPT_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("cannot run {} (SFGW_INTEROP_PYTHON): {e}", python()));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "python_ws_client.py {scenario} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+        output.status
+    );
+    let report: Report = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("unreadable report ({e}):\nstdout: {stdout}\nstderr: {stderr}"));
+    assert_eq!(report.scenario, scenario);
+    report
+}
+
+/// Exact values per timestamp: TSID → IEEE-754 bits, 16 hex digits.
+type Values = BTreeMap<i64, BTreeMap<String, String>>;
+
+/// The bits of every float the Python client yielded, per batch timestamp.
+fn python_values(report: &Report) -> Values {
+    report
+        .batches
+        .iter()
+        .map(|b| {
+            let bits = b.bits.iter().map(|(tsid, v)| (tsid.clone(), v.as_str().unwrap_or("not a float").to_owned()));
+            (b.t, bits.collect())
+        })
+        .collect()
+}
+
+/// Runs `program` over `[start, stop)` with the crate's own client and merges the data messages
+/// per timestamp, as the reference for what the Python client must have decoded.
+async fn reference_values(sim: &SimulatorHandle, program: &str, start: i64, stop: i64) -> Values {
+    let mut client = WsClient::connect_authenticated(&sim.ws_url()).await;
+    let execute = json!({
+        "type": "execute", "channel": "reference", "program": program,
+        "start": start, "stop": stop, "resolution": RESOLUTION_MS,
+    });
+    client.send(execute).await;
+    let mut values = Values::new();
+    for message in client.collect_channel("reference").await {
+        match message {
+            ServerMessage::Data(d) => {
+                let batch = values.entry(d.body.logical_timestamp_ms).or_default();
+                for p in d.body.points {
+                    let Value::Double(v) = p.value else { panic!("simulator values are doubles: {p:?}") };
+                    batch.insert(p.tsid.to_string(), format!("{:016x}", v.to_bits()));
+                }
+            }
+            ServerMessage::Error(e) => panic!("reference query failed: {e:?}"),
+            _ => {}
+        }
+    }
+    values
+}
+
+fn timestamps(from: i64, count: i64) -> Vec<i64> {
+    (0..count).map(|i| from + i * RESOLUTION_MS).collect()
+}
+
+/// The metadata of `TWO_BLOCKS`, as (label, originating metric, region) per TSID, with the
+/// per-job properties checked against the handle.
+fn check_two_blocks_metadata(report: &Report) -> BTreeSet<(String, String, Option<String>)> {
+    let handle = report.handle.as_deref().unwrap_or_else(|| panic!("no handle: {report:#?}"));
+    assert_eq!(handle.len(), 11, "handles are 11-character ids: {handle}");
+    report
+        .metadata
+        .values()
+        .map(|p| {
+            let text = |key: &str| p.get(key).and_then(Json::as_str).map(str::to_owned);
+            let label = text("sf_streamLabel").expect("sf_streamLabel");
+            let block = match label.as_str() {
+                "A" => 1,
+                "B" => 2,
+                other => panic!("unexpected label {other}"),
+            };
+            assert_eq!(text("computationId").as_deref(), Some(handle));
+            assert_eq!(text("sf_metric"), Some(format!("_SF_COMP_{handle}_{block:02}-PUBLISH_METRIC")));
+            assert_eq!(text("sf_type").as_deref(), Some("MetricTimeSeries"));
+            assert_eq!(p.get("sf_resolutionMs"), Some(&json!(RESOLUTION_MS)));
+            (label, text("sf_originatingMetric").expect("sf_originatingMetric"), text("region"))
+        })
+        .collect()
+}
+
+fn expected_two_blocks_series() -> BTreeSet<(String, String, Option<String>)> {
+    [
+        ("A", "cpu.utilization", Some("us-east-1")),
+        ("A", "cpu.utilization", Some("us-west-2")),
+        ("B", "memory.utilization", None),
+    ]
+    .into_iter()
+    .map(|(l, m, r)| (l.to_owned(), m.to_owned(), r.map(str::to_owned)))
+    .collect()
+}
+
+/// Every batch carries a value for every series of both blocks: the client merged the two
+/// per-block data messages of each timestamp.
+fn check_batches_merge_both_blocks(report: &Report) {
+    let all: BTreeSet<&String> = report.metadata.keys().collect();
+    for batch in &report.batches {
+        let tsids: BTreeSet<&String> = batch.points.keys().collect();
+        assert_eq!(tsids, all, "batch {} has a point from every series of both blocks", batch.t);
+        assert!(batch.points.values().all(Json::is_f64), "batch {}: {:?}", batch.t, batch.points);
+    }
+}
+
+async fn bounded_query_yields_everything_then_ends(compress: bool) {
+    let sim = spawn_default_simulator().await;
+    let stop = START + 10 * RESOLUTION_MS;
+    let (start_arg, stop_arg, resolution_arg) = (START.to_string(), stop.to_string(), RESOLUTION_MS.to_string());
+    let args = [
+        "--program",
+        TWO_BLOCKS,
+        "--start",
+        &start_arg,
+        "--stop",
+        &stop_arg,
+        "--resolution",
+        &resolution_arg,
+        "--compress",
+        if compress { "on" } else { "off" },
+    ];
+    let report = run_client(&sim, "bounded", &args).await;
+
+    // The iterator ended by itself, on END_OF_CHANNEL.
+    assert_eq!((report.ended.as_deref(), &report.exception), (Some("normally"), &None), "{report:#?}");
+    assert_eq!(report.compress, compress);
+    assert_eq!(report.state.as_deref(), Some("COMPLETED"));
+    assert_eq!(report.resolution_ms, Some(RESOLUTION_MS), "from JOB_RUNNING_RESOLUTION");
+    assert_eq!(report.num_input_timeseries, Some(TWO_BLOCKS_INPUTS), "from FETCH_NUM_TIMESERIES");
+
+    assert_eq!(check_two_blocks_metadata(&report), expected_two_blocks_series());
+    assert_eq!((report.yielded("JobStartMessage"), report.yielded("MetadataMessage")), (1, 3));
+
+    let observed: Vec<i64> = report.batches.iter().map(|b| b.t).collect();
+    assert_eq!(observed, timestamps(START, 10), "one batch per timestamp, in order");
+    assert_eq!(report.yielded("DataMessage"), 10);
+    check_batches_merge_both_blocks(&report);
+    assert_eq!(python_values(&report), reference_values(&sim, TWO_BLOCKS, START, stop).await, "exact values");
+
+    // What travelled: one binary data frame per block per timestamp, v1 headers; under
+    // `compress` every JSON message but `authenticated` is gzip JSON-in-binary (flags 0x03),
+    // without it JSON messages are text frames and data frames are uncompressed.
+    let data_frames: Vec<&Frame> = report.binary_frames().filter(|f| f.mtype == Some(5)).collect();
+    assert_eq!(data_frames.len(), 20, "{:?}", report.frames);
+    assert!(report.binary_frames().all(|f| f.version == Some(1)), "{:?}", report.frames);
+    if compress {
+        assert_eq!(report.text_frames(), [(Some("authenticated"), None)]);
+        let json_frames: BTreeSet<u8> = report.binary_frames().filter_map(|f| f.mtype).filter(|m| *m != 5).collect();
+        assert_eq!(json_frames, BTreeSet::from([1, 2, 4]), "control, info and metadata messages");
+        assert!(
+            report.binary_frames().filter(|f| f.mtype != Some(5)).all(|f| f.flags == Some(0x03)),
+            "{:?}",
+            report.frames
+        );
+        assert!(data_frames.iter().all(|f| f.flags.is_some_and(|flags| flags & 0x02 == 0)));
+    } else {
+        assert!(data_frames.iter().all(|f| f.flags == Some(0)), "{:?}", report.frames);
+        assert_eq!(report.binary_frames().count(), 20, "only data is binary: {:?}", report.frames);
+        let text: BTreeSet<(Option<&str>, Option<&str>)> = report.text_frames().into_iter().collect();
+        let expected = BTreeSet::from([
+            (Some("authenticated"), None),
+            (Some("control-message"), Some("STREAM_START")),
+            (Some("control-message"), Some("JOB_START")),
+            (Some("control-message"), Some("JOB_PROGRESS")),
+            (Some("control-message"), Some("END_OF_CHANNEL")),
+            (Some("metadata"), None),
+            (Some("message"), None),
+        ]);
+        assert_eq!(text, expected);
+    }
+    sim.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn python_client_reads_a_compressed_bounded_query_to_its_end() {
+    bounded_query_yields_everything_then_ends(true).await;
+}
+
+#[tokio::test]
+async fn python_client_reads_an_uncompressed_bounded_query_to_its_end() {
+    bounded_query_yields_everything_then_ends(false).await;
+}
+
+#[tokio::test]
+async fn python_client_raises_the_simulators_program_error() {
+    let sim = spawn_default_simulator().await;
+    let program = "dta('x').publish()";
+    let report = run_client(&sim, "invalid", &["--program", program]).await;
+
+    assert_eq!(report.ended.as_deref(), Some("exception"), "{report:#?}");
+    assert_eq!(report.exception_field("class"), "SignalFlowException");
+    assert_eq!(report.exception_field("code"), 400);
+    assert_eq!(report.exception_field("message"), "Unknown function 'dta'");
+    assert_eq!(report.exception_field("str"), "400: Unknown function 'dta'");
+    // The WS transport builds the exception from `error` and `message` only; the type and
+    // context are in the message it received.
+    assert_eq!(report.exception_field("errorType"), &Json::Null);
+    assert_eq!(report.error_payloads.len(), 1, "{report:#?}");
+    let payload = &report.error_payloads[0];
+    assert_eq!(payload.get("errorType"), Some(&json!("ANALYTICS_PROGRAM_NAME_ERROR")));
+    let context = payload.get("context").unwrap_or_else(|| panic!("no context: {payload:?}"));
+    assert_eq!(
+        (&context["line"], &context["column"], &context["reference"], &context["programText"]),
+        (&json!(1), &json!(1), &json!("dta"), &json!(program))
+    );
+    assert!(report.batches.is_empty() && report.metadata.is_empty() && report.handle.is_none(), "{report:#?}");
+    assert!(Control::new(&sim).get("/jobs").await.as_array().is_some_and(Vec::is_empty), "no job was started");
+    sim.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn python_client_stops_a_live_computation_and_its_stream_ends() {
+    let sim = spawn_default_simulator().await;
+    let reason = "interop test stop";
+    let args = ["--program", TWO_BLOCKS, "--batches", "3", "--stop-reason", reason];
+    let report = run_client(&sim, "live", &args).await;
+
+    // After `SignalFlowClient.stop(handle, reason)` the channel ends with CHANNEL_ABORT, which
+    // the client raises as ComputationAborted carrying the abort state and our reason.
+    assert_eq!(report.ended.as_deref(), Some("exception"), "{report:#?}");
+    assert_eq!(report.exception_field("class"), "ComputationAborted");
+    assert_eq!(report.exception_field("state"), "STOPPED");
+    assert_eq!(report.exception_field("reason"), reason);
+    assert_eq!(report.state.as_deref(), Some("ABORTED"));
+    assert_eq!(report.batches_before_stop, Some(3));
+    assert_eq!(report.resolution_ms, Some(RESOLUTION_MS));
+    assert_eq!(report.num_input_timeseries, Some(TWO_BLOCKS_INPUTS));
+    assert_eq!(check_two_blocks_metadata(&report), expected_two_blocks_series());
+
+    // Consecutive live timestamps (a batch may slip in between the stop and its abort).
+    let first = report.batches.first().map(|b| b.t).unwrap_or_else(|| panic!("no batches: {report:#?}"));
+    assert_eq!(first % RESOLUTION_MS, 0);
+    let count = report.batches.len() as i64;
+    assert!(count >= 3, "{report:#?}");
+    assert_eq!(report.batches.iter().map(|b| b.t).collect::<Vec<_>>(), timestamps(first, count));
+    check_batches_merge_both_blocks(&report);
+    let end = first + count * RESOLUTION_MS;
+    assert_eq!(python_values(&report), reference_values(&sim, TWO_BLOCKS, first, end).await, "exact values");
+    sim.shutdown().await.unwrap();
+}
