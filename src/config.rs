@@ -216,8 +216,16 @@ impl Settings {
         if let Some(map) = layered.as_object_mut() {
             map.remove("config");
         }
-        let mut settings: Settings =
-            serde_json::from_value(layered).map_err(|e| ConfigError::Invalid(vec![e.to_string()]))?;
+        let mut settings: Settings = serde_json::from_value(layered).map_err(|e| {
+            let mut problem = e.to_string();
+            if problem.starts_with("unknown field") {
+                problem.push_str(
+                    " (settings come from the --config file and from SFGW_* environment variables, \
+                     where SFGW_A__B sets a.b; remove or rename the variable if it is not meant for the gateway)",
+                );
+            }
+            ConfigError::Invalid(vec![problem])
+        })?;
         settings.apply(overrides);
         settings.validate()?;
         Ok(settings)

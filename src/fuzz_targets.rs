@@ -41,3 +41,25 @@ pub fn parse_server_message(data: &[u8]) {
         let _ = ServerMessage::from_json(&message.to_json()).expect("re-serialised message parses");
     }
 }
+
+/// The simulator's SignalFlow parser and evaluator: any text either compiles or is a
+/// `ProgramError` with a position; a compiled program evaluates a few steps without panicking.
+pub fn parse_program(data: &[u8]) {
+    use crate::simulator::inventory::Inventory;
+    use crate::simulator::language::{EvalOptions, compile};
+    use std::sync::{Arc, OnceLock};
+    static INVENTORY: OnceLock<Arc<Inventory>> = OnceLock::new();
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    match compile(text) {
+        Err(error) => assert!(error.line >= 1 && error.column >= 1, "positions are 1-based"),
+        Ok(program) => {
+            let inventory = INVENTORY.get_or_init(|| Arc::new(Inventory::demo())).clone();
+            let options = EvalOptions { resolution_ms: 1000, max_series_per_find: 1000 };
+            let mut evaluator = program.instantiate(inventory, options);
+            for t in 0..3 {
+                let blocks = evaluator.step(1_700_000_000_000 + t * 1000);
+                assert_eq!(blocks.len(), program.outputs().len(), "one block per output, every step");
+            }
+        }
+    }
+}

@@ -109,22 +109,24 @@ enum InvalidRequestsArg {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // Each SSE subscriber is a socket: use the whole open-files allowance, not the soft default.
+    let open_files = rlimit::increase_nofile_limit(u64::MAX).ok();
     match cli.command {
         Some(Command::Simulate(args)) => {
             telemetry::init(cli.log_format.unwrap_or_default());
             simulate(args).await
         }
-        Some(Command::Serve(args)) => serve(args, cli.log_format).await,
-        None => serve(cli.serve, cli.log_format).await,
+        Some(Command::Serve(args)) => serve(args, cli.log_format, open_files).await,
+        None => serve(cli.serve, cli.log_format, open_files).await,
     }
 }
 
-async fn serve(args: ServeArgs, log_format: Option<LogFormat>) -> anyhow::Result<()> {
+async fn serve(args: ServeArgs, log_format: Option<LogFormat>, open_files: Option<u64>) -> anyhow::Result<()> {
     let overrides =
         Overrides { listen: args.listen, upstream_url: args.upstream_url, realm: args.realm, token: args.token };
     let settings = Settings::load(args.config.as_deref(), &overrides)?;
     telemetry::init(log_format.unwrap_or(settings.log_format));
-    tracing::info!(settings = %settings.redacted(), "starting signalflow-gateway {}", env!("CARGO_PKG_VERSION"));
+    tracing::info!(settings = %settings.redacted(), ?open_files, "starting signalflow-gateway {}", env!("CARGO_PKG_VERSION"));
     let app = Application::build(settings).await?;
     let addr = app.local_addr()?;
     tracing::info!(%addr, "listening");

@@ -16,7 +16,7 @@ use crate::protocol::metadata::MetadataMessage;
 use crate::upstream::{ComputationControl, EventReceiver, Terminal, UpstreamEvent};
 use bytes::Bytes;
 use serde_json::json;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -135,6 +135,7 @@ pub fn start(hub: &Arc<HubInner>, new: NewComputation) -> Arc<Entry> {
         empty_since: Some(Instant::now()),
         ended_at: None,
         stop_sent: false,
+        snapshot: BTreeMap::new(),
     };
     hub.tracker.spawn(pump.run(events, commands));
     entry
@@ -152,6 +153,9 @@ struct Pump {
     empty_since: Option<Instant>,
     ended_at: Option<Instant>,
     stop_sent: bool,
+    /// Each known series' metadata as an id-less event, rendered once when it arrives and
+    /// shared by every snapshot.
+    snapshot: BTreeMap<Tsid, Arc<GatewayEvent>>,
 }
 
 fn now_ms() -> i64 {
@@ -255,10 +259,13 @@ impl Pump {
                 let mut cache = self.entry.metadata();
                 if cache.len() < self.hub.settings.max_series_per_computation {
                     cache.insert(m.tsid, m.clone());
+                    let event = GatewayEvent::new(None, "metadata", &render::metadata_json(m));
+                    self.snapshot.insert(m.tsid, Arc::new(event));
                 }
             }
             UpstreamEvent::Expired(tsid) => {
                 self.entry.metadata().remove(tsid);
+                self.snapshot.remove(tsid);
             }
             _ => {}
         }
@@ -352,8 +359,9 @@ impl Pump {
         }
     }
 
-    /// A new subscriber: without an id it gets the whole computation if the ring still holds
-    /// it from the start, else the metadata snapshot; with an id, the metadata snapshot and
+    /// A new subscriber: without an id, a computation that asked for history (a `start`) is
+    /// replayed whole while the ring still holds it from the start; otherwise the subscriber
+    /// gets the metadata snapshot and then live events. With an id: the metadata snapshot and
     /// exactly the events it missed (or `REPLAY_INCOMPLETE` and the current state).
     fn subscribe(&mut self, last_event_id: Option<u64>, format: Format) -> SubscribeOutcome {
         let latest = self.entry.last_seq.load(Ordering::Relaxed);
@@ -367,7 +375,9 @@ impl Pump {
         }
         let mut initial: Vec<Arc<GatewayEvent>> = Vec::new();
         match last_event_id {
-            None if self.ring.is_complete() => initial.extend(self.ring.all().cloned()),
+            None if self.ring.is_complete() && (self.entry.spec.start.is_some() || ended) => {
+                initial.extend(self.ring.all().cloned())
+            }
             None => initial.extend(self.snapshot()),
             Some(seen) => {
                 if ended && seen >= latest {
@@ -409,10 +419,7 @@ impl Pump {
 
     /// Metadata of every series currently known, without ids.
     fn snapshot(&self) -> Vec<Arc<GatewayEvent>> {
-        let cache = self.entry.metadata();
-        let mut series: Vec<&Arc<MetadataMessage>> = cache.values().collect();
-        series.sort_by_key(|m| m.tsid);
-        series.into_iter().map(|m| Arc::new(GatewayEvent::new(None, "metadata", &render::metadata_json(m)))).collect()
+        self.snapshot.values().cloned().collect()
     }
 
     fn replay_incomplete(&self, oldest: Option<u64>) -> GatewayEvent {

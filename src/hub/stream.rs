@@ -273,6 +273,10 @@ impl futures::Stream for Subscription {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if let Some(bytes) = self.initial.pop_front() {
+            if self.initial.is_empty() {
+                // Replays can be long; a drained queue keeps no capacity per subscriber.
+                self.initial = VecDeque::new();
+            }
             return Poll::Ready(Some(Ok(bytes)));
         }
         loop {

@@ -29,3 +29,8 @@ fn parse_request_seed_corpus() {
 fn parse_server_message_seed_corpus() {
     run_corpus("parse_server_message", fuzz_targets::parse_server_message);
 }
+
+#[test]
+fn parse_program_seed_corpus() {
+    run_corpus("parse_program", fuzz_targets::parse_program);
+}

@@ -2,7 +2,7 @@
 //! transport) against the simulator. `tests/interop/python_ws_client.py` drives the client and
 //! prints what it observed as one JSON document; these tests assert on it.
 //!
-//! The interpreter comes from `SFGW_INTEROP_PYTHON`, which `scripts/test` sets after preparing
+//! The interpreter comes from `SIGNALFLOW_INTEROP_PYTHON`, which `scripts/test` sets after preparing
 //! the interop virtualenv. Without it these tests fail (they are not skipped): an interop suite
 //! that silently does nothing proves nothing.
 //!
@@ -101,12 +101,12 @@ impl Report {
 }
 
 fn python() -> String {
-    match std::env::var("SFGW_INTEROP_PYTHON") {
+    match std::env::var("SIGNALFLOW_INTEROP_PYTHON") {
         Ok(python) if !python.is_empty() => python,
         _ => panic!(
-            "SFGW_INTEROP_PYTHON is not set. Run the tests with scripts/test: it prepares the interop \
+            "SIGNALFLOW_INTEROP_PYTHON is not set. Run the tests with scripts/test: it prepares the interop \
              virtualenv (target/interop-venv, with the official `signalfx` client from PyPI) and points \
-             SFGW_INTEROP_PYTHON at its python."
+             SIGNALFLOW_INTEROP_PYTHON at its python."
         ),
     }
 }
@@ -127,7 +127,7 @@ async fn run_client(sim: &SimulatorHandle, scenario: &str, args: &[&str]) -> Rep
     let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
         .await
         .unwrap_or_else(|_| panic!("python_ws_client.py {scenario} did not finish within {SCRIPT_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("cannot run {} (SFGW_INTEROP_PYTHON): {e}", python()));
+        .unwrap_or_else(|e| panic!("cannot run {} (SIGNALFLOW_INTEROP_PYTHON): {e}", python()));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
