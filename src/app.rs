@@ -5,7 +5,7 @@
 
 use crate::config::{Settings, UpstreamTarget};
 use crate::http::{self, AppState};
-use crate::hub::{Hub, HubSettings};
+use crate::hub::{Hub, HubSettings, Pools};
 use crate::simulator::{self, Faults, SimulatorConfig, SimulatorHandle};
 use crate::upstream::{Pool, UpstreamConfig};
 use secrecy::SecretString;
@@ -22,7 +22,6 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     hub: Hub,
-    pool: Pool,
     simulator: Option<SimulatorHandle>,
     cancel: CancellationToken,
     settings: Arc<Settings>,
@@ -55,15 +54,24 @@ impl Application {
                 (url, token, None)
             }
         };
-        let pool = Pool::new(upstream_config(&settings, url, token), cancel.child_token());
-        let hub = Hub::new(pool.clone(), HubSettings::from_settings(&settings), cancel.child_token());
+        let config = upstream_config(&settings, url, token);
+        let pools = if settings.tenancy.pass_through {
+            tracing::info!("pass-through tenancy: each client's X-SF-Token is used upstream");
+            let t = &settings.tenancy;
+            Pools::pass_through(config, t.max_pools, t.pool_idle_timeout, cancel.child_token())
+        } else {
+            Pools::single(Pool::new(config, cancel.child_token()))
+        };
+        let hub = Hub::new(pools, HubSettings::from_settings(&settings), cancel.child_token());
+        warn_if_exposed(&settings);
         let settings = Arc::new(settings);
-        let state = AppState { hub: hub.clone(), settings: settings.clone(), tenant: Arc::from("default") };
+        let http_metrics = Arc::new(crate::metrics::HttpMetrics::default());
+        let state = AppState { hub: hub.clone(), settings: settings.clone(), http_metrics };
         let mut router = http::router(state);
         if let Some(sim) = &simulator {
             router = router.merge(simulator::control::routes(sim.state.clone()));
         }
-        Ok(Application { listener, router, hub, pool, simulator, cancel, settings })
+        Ok(Application { listener, router, hub, simulator, cancel, settings })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -76,7 +84,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then drains within the drain timeout.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Application { listener, router, hub, pool, simulator, cancel, settings } = self;
+        let Application { listener, router, hub, simulator, cancel, settings } = self;
         let stopping = CancellationToken::new();
         let signal = stopping.clone();
         tokio::spawn(async move {
@@ -100,12 +108,27 @@ impl Application {
             // A client that never reads its last bytes must not hold the process.
             _ = async { stopping.cancelled().await; tokio::time::sleep(limit + std::time::Duration::from_secs(1)).await } => Ok(()),
         };
-        pool.shutdown(limit / 2).await;
+        // Every pool stops its jobs (with the shutdown reason) and closes its sockets.
+        let pools = hub.pools().all();
+        futures::future::join_all(pools.iter().map(|p| p.shutdown(limit / 2))).await;
         cancel.cancel();
         if let Some(sim) = simulator {
             let _ = sim.shutdown().await;
         }
         result
+    }
+}
+
+/// Binding beyond loopback without API keys lets anyone who can reach the port run programs
+/// with the gateway's token.
+fn warn_if_exposed(settings: &Settings) {
+    let loopback = settings.listen.parse::<SocketAddr>().is_ok_and(|a| a.ip().is_loopback());
+    if !loopback && settings.auth.api_keys.is_empty() {
+        tracing::warn!(
+            listen = %settings.listen,
+            "LISTENING BEYOND LOOPBACK WITHOUT API KEYS: anyone who can reach this address can run SignalFlow programs \
+             with the gateway's token; set auth.api_keys (SFGW_AUTH__API_KEYS)"
+        );
     }
 }
 

@@ -21,6 +21,9 @@ pub struct Settings {
     pub limits: Limits,
     pub stream: StreamSettings,
     pub simulator: SimulatorSettings,
+    pub auth: AuthSettings,
+    pub cors: CorsSettings,
+    pub tenancy: TenancySettings,
     /// Longest a graceful shutdown may take.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -69,6 +72,9 @@ pub struct Limits {
     pub replay_age: Duration,
     /// Most series whose metadata one computation caches.
     pub max_series_per_computation: usize,
+    /// Whole results (`?wait=true`): most points and series; 413 beyond.
+    pub max_result_points: usize,
+    pub max_result_series: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +95,9 @@ pub struct StreamSettings {
     /// How long `POST /computations` waits for the job to start (to report program errors).
     #[serde(with = "humantime_serde")]
     pub start_wait: Duration,
+    /// Longest a whole-result request (`?wait=true`) may take; a `stop` further ahead is 422.
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -100,6 +109,45 @@ pub struct SimulatorSettings {
     pub keepalive_interval: Duration,
 }
 
+/// Client access to the gateway's API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Accepted API keys (`Authorization: Bearer`, or `access_token` for EventSource). Empty:
+    /// no key needed. From the environment: `SFGW_AUTH__API_KEYS=key1,key2`.
+    #[serde(deserialize_with = "lenient_secrets")]
+    pub api_keys: Vec<SecretString>,
+}
+
+/// Browsers on other origins.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsSettings {
+    /// Origins allowed to call the API (`https://app.example.com`); `*` for any (only without
+    /// API keys). Empty: none. From the environment: comma-separated.
+    pub allowed_origins: Vec<String>,
+}
+
+/// Whose SignalFx token is used upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenancySettings {
+    /// Use each client's `X-SF-Token` upstream, with a separate pool per token; a computation is
+    /// visible only to requests with the same token.
+    pub pass_through: bool,
+    /// Most tokens with a pool at once (429 beyond).
+    pub max_pools: usize,
+    /// A token's pool with no computations for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for TenancySettings {
+    fn default() -> Self {
+        TenancySettings { pass_through: false, max_pools: 100, pool_idle_timeout: Duration::from_secs(300) }
+    }
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -109,6 +157,9 @@ impl Default for Settings {
             limits: Limits::default(),
             stream: StreamSettings::default(),
             simulator: SimulatorSettings::default(),
+            auth: AuthSettings::default(),
+            cors: CorsSettings::default(),
+            tenancy: TenancySettings::default(),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -147,6 +198,8 @@ impl Default for Limits {
             replay_bytes: 16 * 1024 * 1024,
             replay_age: Duration::from_secs(600),
             max_series_per_computation: 100_000,
+            max_result_points: 2_000_000,
+            max_result_series: 50_000,
         }
     }
 }
@@ -159,6 +212,7 @@ impl Default for StreamSettings {
             idle_timeout: Duration::from_secs(300),
             ended_retention: Duration::from_secs(60),
             start_wait: Duration::from_secs(10),
+            max_wait: Duration::from_secs(300),
         }
     }
 }
@@ -208,6 +262,9 @@ impl Settings {
             config::Environment::with_prefix("SFGW")
                 .prefix_separator("_")
                 .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("auth.api_keys")
+                .with_list_parse_key("cors.allowed_origins")
                 .try_parsing(true)
                 .ignore_empty(true),
         );
@@ -289,6 +346,17 @@ impl Settings {
         positive(l.replay_events, "limits.replay_events");
         positive(l.replay_bytes, "limits.replay_bytes");
         positive(l.max_series_per_computation, "limits.max_series_per_computation");
+        positive(l.max_result_points, "limits.max_result_points");
+        positive(l.max_result_series, "limits.max_result_series");
+        if self.cors.allowed_origins.iter().any(|o| o == "*") && !self.auth.api_keys.is_empty() {
+            problems.push("cors.allowed_origins: `*` is only allowed without auth.api_keys".into());
+        }
+        if self.auth.api_keys.iter().any(|k| k.expose_secret().trim().len() < 16) {
+            problems.push("auth.api_keys: every key needs at least 16 characters".into());
+        }
+        if self.tenancy.pass_through && self.tenancy.max_pools == 0 {
+            problems.push("tenancy.max_pools: must be greater than 0".into());
+        }
         if u.max_channels_per_connection > 300 {
             problems.push("upstream.max_channels_per_connection: the service allows at most 300".into());
         }
@@ -345,6 +413,12 @@ impl Settings {
                 "idleTimeout": humantime::format_duration(self.stream.idle_timeout).to_string(),
             },
             "drainTimeout": humantime::format_duration(self.drain_timeout).to_string(),
+            "auth": { "apiKeys": self.auth.api_keys.len() },
+            "cors": { "allowedOrigins": self.cors.allowed_origins },
+            "tenancy": {
+                "passThrough": self.tenancy.pass_through, "maxPools": self.tenancy.max_pools,
+                "poolIdleTimeout": humantime::format_duration(self.tenancy.pool_idle_timeout).to_string(),
+            },
         })
     }
 }
@@ -362,6 +436,27 @@ fn limits_view<S: serde::Serializer>(l: &&Limits, s: S) -> Result<S::Ok, S::Erro
         "replayAge": humantime::format_duration(l.replay_age).to_string(),
     })
     .serialize(s)
+}
+
+/// Keys from a file (a list) or the environment (one string, split on commas by the loader).
+fn lenient_secrets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(d)?;
+    let text = |v: serde_json::Value| match v {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    };
+    Ok(match value {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::Array(items)) => {
+            items.into_iter().map(text).filter(|s| !s.is_empty()).map(SecretString::from).collect()
+        }
+        Some(one) => text(one)
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| SecretString::from(s.to_owned()))
+            .collect(),
+    })
 }
 
 /// A token from a file or the environment: a string, or digits the environment layer parsed as

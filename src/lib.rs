@@ -6,7 +6,8 @@
 //! ## Layout
 //!
 //! - [`app`]: assembling and running the gateway (bind, simulator or upstream, hub, router,
-//!   graceful shutdown); [`config`]: layered settings; [`telemetry`]: logging.
+//!   graceful shutdown); [`config`]: layered settings; [`telemetry`]: logging;
+//!   [`metrics`]: the Prometheus exposition.
 //! - [`http`]: the HTTP API (axum) — routes, streams, problem bodies. Knows nothing of websockets.
 //! - [`hub`]: computations and fan-out — sharing, replay ring, subscriber queues. Knows nothing
 //!   of HTTP.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod fuzz_targets;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod protocol;
 pub mod simulator;
 pub mod telemetry;

@@ -2,7 +2,7 @@
 
 use super::AppState;
 use super::error::{ApiError, ApiJson};
-use crate::hub::{ComputationSpec, Entry, Phase, RawSpec};
+use crate::hub::{ComputationSpec, Entry, Phase, RawSpec, Tenant};
 use crate::protocol::Tsid;
 use crate::upstream::Terminal;
 use axum::Json;
@@ -46,10 +46,15 @@ impl CreateBody {
 
 /// Validates, creates or shares, and waits for a new job to start so that a program error is
 /// answered here (400 with line and column) rather than on the stream.
-pub async fn create_entry(state: &AppState, raw: RawSpec, share: bool) -> Result<(Arc<Entry>, bool), ApiError> {
+pub async fn create_entry(
+    state: &AppState,
+    tenant: &Tenant,
+    raw: RawSpec,
+    share: bool,
+) -> Result<(Arc<Entry>, bool), ApiError> {
     let spec =
         ComputationSpec::from_raw(raw, state.settings.limits.max_program_bytes, crate::simulator::job::now_ms())?;
-    let created = state.hub.create(spec, &state.tenant, share).await?;
+    let created = state.hub.create(spec, tenant, share).await?;
     if created.new
         && let Phase::Ended(Terminal::Error(error)) = state.hub.wait_started(&created.entry).await
     {
@@ -59,9 +64,42 @@ pub async fn create_entry(state: &AppState, raw: RawSpec, share: bool) -> Result
     Ok((created.entry, created.new))
 }
 
-pub async fn create(State(state): State<AppState>, ApiJson(body): ApiJson<CreateBody>) -> Result<Response, ApiError> {
+/// `POST /computations` query parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQuery {
+    /// Answer with the whole result when the (bounded) job ends.
+    #[serde(default)]
+    wait: Option<String>,
+    /// The API key in the query; checked by the access layer.
+    #[serde(default, rename = "access_token")]
+    _access_token: Option<String>,
+}
+
+/// Creates (or shares) a computation. With `Accept: text/event-stream` or
+/// `application/x-ndjson` it streams at once, like the one-shot stream; with `?wait=true` it
+/// answers the whole result when the bounded job ends.
+pub async fn create(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Query(query): Query<CreateQuery>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> Result<Response, ApiError> {
     let (raw, share) = body.into_raw();
-    let (entry, new) = create_entry(&state, raw, share).await?;
+    match query.wait.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false") | Some("0") => {}
+        Some("true") | Some("1") | Some("") => {
+            return super::results::whole_result(&state, &tenant, raw, &headers).await;
+        }
+        Some(other) => return Err(ApiError::invalid("wait", format!("{other:?} is not true or false"))),
+    }
+    if let Some(format) = super::events::stream_format(&headers) {
+        let (entry, _) = create_entry(&state, &tenant, raw, share).await?;
+        let outcome = entry.subscribe(None, format).await.ok_or_else(|| ApiError::not_found("the computation"))?;
+        return super::events::respond(outcome, format);
+    }
+    let (entry, new) = create_entry(&state, &tenant, raw, share).await?;
     let status = if new { StatusCode::CREATED } else { StatusCode::OK };
     let mut response = (status, Json(view(&entry))).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/computations/{}", entry.id)) {
@@ -70,17 +108,21 @@ pub async fn create(State(state): State<AppState>, ApiJson(body): ApiJson<Create
     Ok(response)
 }
 
-pub async fn list(State(state): State<AppState>) -> Json<Value> {
-    let computations: Vec<Value> = state.hub.list(&state.tenant).iter().map(|e| view(e)).collect();
+pub async fn list(State(state): State<AppState>, tenant: Tenant) -> Json<Value> {
+    let computations: Vec<Value> = state.hub.list(&tenant.id).iter().map(|e| view(e)).collect();
     Json(json!({ "computations": computations }))
 }
 
-fn entry(state: &AppState, id: &str) -> Result<Arc<Entry>, ApiError> {
-    state.hub.get(id, &state.tenant).ok_or_else(|| ApiError::not_found(&format!("computation {id:?}")))
+fn entry(state: &AppState, tenant: &Tenant, id: &str) -> Result<Arc<Entry>, ApiError> {
+    state.hub.get(id, &tenant.id).ok_or_else(|| ApiError::not_found(&format!("computation {id:?}")))
 }
 
-pub async fn read(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let entry = entry(&state, &id)?;
+pub async fn read(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let entry = entry(&state, &tenant, &id)?;
     Ok(Json(view(&entry)))
 }
 
@@ -91,10 +133,11 @@ pub struct StopQuery {
 
 pub async fn stop(
     State(state): State<AppState>,
+    tenant: Tenant,
     Path(id): Path<String>,
     Query(query): Query<StopQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let entry = entry(&state, &id)?;
+    let entry = entry(&state, &tenant, &id)?;
     if entry.is_ended() {
         return Err(ApiError::conflict(format!("computation {id:?} has already ended")));
     }
@@ -106,8 +149,12 @@ pub async fn stop(
     Ok(Json(view(&entry)))
 }
 
-pub async fn metadata(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let entry = entry(&state, &id)?;
+pub async fn metadata(
+    State(state): State<AppState>,
+    tenant: Tenant,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let entry = entry(&state, &tenant, &id)?;
     let cache = entry.metadata();
     let mut series: Vec<_> = cache.values().collect();
     series.sort_by_key(|m| m.tsid);
@@ -117,9 +164,10 @@ pub async fn metadata(State(state): State<AppState>, Path(id): Path<String>) -> 
 
 pub async fn one_metadata(
     State(state): State<AppState>,
+    tenant: Tenant,
     Path((id, tsid)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let entry = entry(&state, &id)?;
+    let entry = entry(&state, &tenant, &id)?;
     let tsid = Tsid::parse(&tsid).map_err(|e| ApiError::invalid("tsId", e.to_string()))?;
     let cache = entry.metadata();
     let m = cache.get(&tsid).ok_or_else(|| ApiError::not_found(&format!("series {tsid}")))?;

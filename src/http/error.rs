@@ -128,6 +128,7 @@ impl From<HubError> for ApiError {
             HubError::NotFound => ApiError::not_found("the computation"),
             HubError::TooManyComputations(_) | HubError::UpstreamFull(_) => ApiError::limit(e.to_string()),
             HubError::UpstreamUnavailable(_) => ApiError::unavailable(e.to_string()),
+            HubError::TooManyTenants => ApiError::limit(e.to_string()),
             HubError::ShuttingDown => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting-down", "Shutting down", e.to_string())
             }

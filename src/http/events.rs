@@ -9,7 +9,7 @@ use super::AppState;
 use super::computations::{create_entry, header_str};
 use super::error::ApiError;
 use crate::hub::stream::Subscription;
-use crate::hub::{ComputationSpec, Format, RawSpec, SubscribeOutcome};
+use crate::hub::{ComputationSpec, Format, RawSpec, SubscribeOutcome, Tenant};
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -33,22 +33,30 @@ fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Option<u64>
 
 /// NDJSON when the client asks for it, SSE otherwise.
 pub fn format(headers: &HeaderMap) -> Format {
+    stream_format(headers).unwrap_or(Format::Sse)
+}
+
+/// The stream format the `Accept` header names, if it names one.
+pub fn stream_format(headers: &HeaderMap) -> Option<Format> {
     let accept = header_str(headers, "accept").unwrap_or("");
-    if accept.contains("application/x-ndjson") && !accept.contains("text/event-stream") {
-        Format::Ndjson
+    if accept.contains("text/event-stream") {
+        Some(Format::Sse)
+    } else if accept.contains("application/x-ndjson") {
+        Some(Format::Ndjson)
     } else {
-        Format::Sse
+        None
     }
 }
 
 pub async fn events(
     State(state): State<AppState>,
+    tenant: Tenant,
     Path(id): Path<String>,
     Query(query): Query<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let last = last_event_id(&headers, query.last_event_id.as_deref())?;
-    let entry = state.hub.get(&id, &state.tenant).ok_or_else(|| ApiError::not_found(&format!("computation {id:?}")))?;
+    let entry = state.hub.get(&id, &tenant.id).ok_or_else(|| ApiError::not_found(&format!("computation {id:?}")))?;
     let outcome = entry
         .subscribe(last, format(&headers))
         .await
@@ -91,6 +99,10 @@ pub struct OneShotQuery {
     timezone: Option<String>,
     share: Option<String>,
     last_event_id: Option<String>,
+    /// The API key for clients that cannot send headers; checked (and never logged) by the
+    /// access layer.
+    #[serde(rename = "access_token")]
+    _access_token: Option<String>,
 }
 
 fn flag(field: &'static str, value: Option<&str>) -> Result<Option<bool>, ApiError> {
@@ -104,6 +116,7 @@ fn flag(field: &'static str, value: Option<&str>) -> Result<Option<bool>, ApiErr
 
 pub async fn one_shot(
     State(state): State<AppState>,
+    tenant: Tenant,
     Query(q): Query<OneShotQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -125,13 +138,13 @@ pub async fn one_shot(
     if let Some(seen) = last {
         let now = crate::simulator::job::now_ms();
         let spec = ComputationSpec::from_raw(raw.clone(), state.settings.limits.max_program_bytes, now)?;
-        if let Some(entry) = state.hub.find_by_key(&spec.key(&state.tenant, now))
+        if let Some(entry) = state.hub.find_by_key(&spec.key(&tenant.id, now))
             && let Some(outcome) = entry.subscribe(Some(seen), format).await
         {
             return respond(outcome, format);
         }
     }
-    let (entry, _new) = create_entry(&state, raw, share).await?;
+    let (entry, _new) = create_entry(&state, &tenant, raw, share).await?;
     let outcome = entry.subscribe(None, format).await.ok_or_else(|| ApiError::not_found("the computation"))?;
     respond(outcome, format)
 }

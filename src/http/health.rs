@@ -1,6 +1,8 @@
-//! `/healthz` (the process is alive) and `/readyz` (an upstream socket is authenticated).
+//! `/healthz` (the process is alive), `/readyz` (an upstream socket is authenticated) and
+//! `/metrics` (Prometheus text).
 
 use super::AppState;
+use super::error::ApiError;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -12,12 +14,24 @@ pub async fn healthz() -> Json<serde_json::Value> {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let pool = state.hub.pool();
-    let status = pool.status();
-    if pool.is_ready() {
-        Json(json!({ "ready": true, "upstreamSockets": status.sockets_authenticated })).into_response()
+    let pools = state.hub.pools();
+    let all = pools.all();
+    let sockets: usize = all.iter().map(|p| p.status().sockets_authenticated).sum();
+    if pools.is_ready() && !state.hub.is_shutting_down() {
+        Json(json!({ "ready": true, "upstreamSockets": sockets })).into_response()
     } else {
-        let body = json!({ "ready": false, "reason": status.last_error.unwrap_or_else(|| "not connected yet".into()) });
-        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+        let reason = all.iter().find_map(|p| p.status().last_error).unwrap_or_else(|| "not connected yet".into());
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready", reason.clone())
+            .with("ready", false)
+            .with("reason", reason)
+            .into_response()
     }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let pools = state.hub.pools().all();
+    let stats: Vec<&crate::upstream::pool::PoolStats> = pools.iter().map(|p| p.stats()).collect();
+    let ready = state.hub.pools().is_ready();
+    let body = crate::metrics::render(&state.hub, &state.http_metrics, &stats, ready);
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

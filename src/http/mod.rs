@@ -3,22 +3,28 @@
 //!
 //! - [`computations`]: create/share, list, read, stop, metadata.
 //! - [`events`]: the SSE / NDJSON streams.
-//! - [`health`]: liveness and readiness.
+//! - [`compat`]: the SignalFlow REST/SSE API (`/v2/signalflow/…`) for existing SSE clients.
+//! - [`results`]: whole results of bounded queries as JSON or CSV.
+//! - [`health`]: liveness, readiness and `/metrics`.
+//! - [`access`]: API keys, CORS, tenants, request ids and the request log.
 //! - [`error`]: problem+json answers for every failure, the framework's included.
 //!
 //! No compression layer is applied anywhere: it would buffer event streams (sse-notes §4.2).
 
+pub mod access;
+pub mod compat;
 pub mod computations;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod results;
 
 use crate::config::Settings;
 use crate::hub::Hub;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header;
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use std::sync::Arc;
 
 /// What every handler shares; cheap to clone.
@@ -26,27 +32,61 @@ use std::sync::Arc;
 pub struct AppState {
     pub hub: Hub,
     pub settings: Arc<Settings>,
-    /// Whose computations this gateway serves (one tenant until pass-through tenancy).
-    pub tenant: Arc<str>,
+    pub http_metrics: Arc<crate::metrics::HttpMetrics>,
 }
 
 /// The OpenAPI contract, compiled in.
 pub const OPENAPI: &str = include_str!("../../openapi.yaml");
 
+/// Builds the router and records every (method, path) it serves, so the route table used by
+/// the OpenAPI drift test is the router's own, not a copy.
+struct Routes {
+    router: Router<AppState>,
+    table: Vec<(&'static str, &'static str)>,
+}
+
+impl Routes {
+    fn route(mut self, path: &'static str, methods: &[&'static str], handler: MethodRouter<AppState>) -> Self {
+        self.table.extend(methods.iter().map(|m| (*m, path)));
+        self.router = self.router.route(path, handler);
+        self
+    }
+}
+
+fn routes() -> Routes {
+    Routes { router: Router::new(), table: Vec::new() }
+        .route("/computations", &["GET", "POST"], get(computations::list).post(computations::create))
+        .route("/computations/stream", &["GET"], get(events::one_shot))
+        .route("/computations/{id}", &["GET", "DELETE"], get(computations::read).delete(computations::stop))
+        .route("/computations/{id}/events", &["GET"], get(events::events))
+        .route("/computations/{id}/metadata", &["GET"], get(computations::metadata))
+        .route("/computations/{id}/metadata/{tsid}", &["GET"], get(computations::one_metadata))
+        .route("/healthz", &["GET"], get(health::healthz))
+        .route("/readyz", &["GET"], get(health::readyz))
+        .route("/metrics", &["GET"], get(health::metrics))
+        .route("/openapi.yaml", &["GET"], get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
+}
+
+/// Every (method, path template) the API serves.
+pub fn route_table() -> Vec<(&'static str, &'static str)> {
+    let mut table = routes().table;
+    table.extend(compat::ROUTES);
+    table
+}
+
 pub fn router(state: AppState) -> Router {
     let body_limit = state.settings.limits.max_body_bytes;
-    Router::new()
-        .route("/computations", get(computations::list).post(computations::create))
-        .route("/computations/stream", get(events::one_shot))
-        .route("/computations/{id}", get(computations::read).delete(computations::stop))
-        .route("/computations/{id}/events", get(events::events))
-        .route("/computations/{id}/metadata", get(computations::metadata))
-        .route("/computations/{id}/metadata/{tsid}", get(computations::one_metadata))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.yaml", get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
+    routes()
+        .router
         .fallback(error::not_found)
         .layer(axum::middleware::map_response(error::ensure_problem))
+        // After the problem+json layer: SignalFlow clients need `application/json` errors.
+        .merge(compat::router())
         .layer(DefaultBodyLimit::max(body_limit))
+        // Outermost, so they cover every route, the compat ones included: the request log and
+        // counters see every answer, CORS answers preflights before the key check.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access::require_key))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access::cors))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access::observe))
         .with_state(state)
 }

@@ -8,7 +8,7 @@
 use super::render::{self, GatewayEvent};
 use super::spec::{ComputationSpec, SpecKey};
 use super::stream::{
-    self, Delivery, DropReason, Format, Item, Replay, ReplayRing, RingLimits, Subscriber, Subscription, Unsubscribe,
+    self, Delivery, DropReason, Framing, Item, Replay, ReplayRing, RingLimits, Subscriber, Subscription, Unsubscribe,
 };
 use super::{HubInner, HubStats};
 use crate::protocol::Tsid;
@@ -33,7 +33,7 @@ pub enum Phase {
 
 /// What the pump is asked to do.
 pub enum PumpCommand {
-    Subscribe { last_event_id: Option<u64>, format: Format, reply: oneshot::Sender<SubscribeOutcome> },
+    Subscribe { last_event_id: Option<u64>, format: Framing, reply: oneshot::Sender<SubscribeOutcome> },
     Unsubscribe(u64),
 }
 
@@ -80,7 +80,8 @@ impl Entry {
     }
 
     /// Asks the pump for a subscription.
-    pub async fn subscribe(&self, last_event_id: Option<u64>, format: Format) -> Option<SubscribeOutcome> {
+    pub async fn subscribe(&self, last_event_id: Option<u64>, format: impl Into<Framing>) -> Option<SubscribeOutcome> {
+        let format = format.into();
         let (reply, answer) = oneshot::channel();
         self.commands.send(PumpCommand::Subscribe { last_event_id, format, reply }).await.ok()?;
         answer.await.ok()
@@ -271,13 +272,15 @@ impl Pump {
         }
         let seq = self.next_seq();
         let name = render::render(&event, now_ms(), &mut self.buf);
-        let mut rendered = GatewayEvent::new(Some(seq), name, &self.buf);
-        if let UpstreamEvent::Ended(terminal) = &event {
-            rendered = rendered.into_terminal();
-            self.publish(rendered);
-            self.end(terminal.clone());
-        } else {
-            self.publish(rendered);
+        let rendered = GatewayEvent::new(Some(seq), name, &self.buf);
+        match event {
+            UpstreamEvent::Ended(terminal) => {
+                self.publish(rendered.into_terminal());
+                self.end(terminal);
+            }
+            // The block boundaries, for the SignalFlow flavour's one data event per block.
+            UpstreamEvent::Data(batch) => self.publish(rendered.with_blocks(batch.block_sizes)),
+            _ => self.publish(rendered),
         }
         self.hub.stats.record_latency(started.elapsed());
     }
@@ -362,8 +365,11 @@ impl Pump {
     /// A new subscriber: without an id, a computation that asked for history (a `start`) is
     /// replayed whole while the ring still holds it from the start; otherwise the subscriber
     /// gets the metadata snapshot and then live events. With an id: the metadata snapshot and
-    /// exactly the events it missed (or `REPLAY_INCOMPLETE` and the current state).
-    fn subscribe(&mut self, last_event_id: Option<u64>, format: Format) -> SubscribeOutcome {
+    /// exactly the events it missed (or `REPLAY_INCOMPLETE` and the current state). The
+    /// SignalFlow flavour is replayed whole whenever the ring allows: its clients take the
+    /// handle from `JOB_START` and count a timestamp's data messages up to the first
+    /// information message, so they need the stream as it began.
+    fn subscribe(&mut self, last_event_id: Option<u64>, format: Framing) -> SubscribeOutcome {
         let latest = self.entry.last_seq.load(Ordering::Relaxed);
         let settings = &self.hub.settings;
         let ended = self.ended_at.is_some();
@@ -375,7 +381,9 @@ impl Pump {
         }
         let mut initial: Vec<Arc<GatewayEvent>> = Vec::new();
         match last_event_id {
-            None if self.ring.is_complete() && (self.entry.spec.start.is_some() || ended) => {
+            None if self.ring.is_complete()
+                && (self.entry.spec.start.is_some() || ended || format == Framing::SignalFlow) =>
+            {
                 initial.extend(self.ring.all().cloned())
             }
             None => initial.extend(self.snapshot()),
@@ -399,7 +407,7 @@ impl Pump {
         if ended && !initial.iter().any(|e| e.terminal) {
             initial.extend(self.ring.all().rev().find(|e| e.terminal).cloned());
         }
-        let prelude = (format == Format::Sse).then(|| retry_prelude(settings.heartbeat));
+        let prelude = (format == Framing::Sse).then(|| retry_prelude(settings.heartbeat));
         if ended {
             return SubscribeOutcome::Stream(Subscription::finished(initial, prelude, format));
         }

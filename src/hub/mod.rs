@@ -5,15 +5,20 @@
 //! - [`computation`]: one computation's shared state and its pump task.
 //! - [`stream`]: the replay ring, subscriber queues and the slow-consumer policy.
 //! - [`render`]: gateway events rendered once to JSON, SSE and NDJSON bytes.
+//! - [`tenant`]: who is asking, and the upstream pool per pass-through token.
+//! - [`result`]: whole results of bounded computations, collected until they end.
 
 pub mod computation;
 pub mod render;
+pub mod result;
 pub mod spec;
 pub mod stream;
+pub mod tenant;
 
 pub use computation::{Entry, Phase, SubscribeOutcome};
 pub use spec::{ComputationSpec, RawSpec, SpecError, SpecKey, TimeSpec};
 pub use stream::Format;
+pub use tenant::{Pools, Tenant};
 
 use crate::config::Settings;
 use crate::upstream::{Pool, UpstreamError};
@@ -21,6 +26,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+use tenant::TooManyTenants;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -108,6 +114,14 @@ pub enum HubError {
     UpstreamUnavailable(String),
     #[error("the gateway is shutting down")]
     ShuttingDown,
+    #[error("too many tokens hold upstream pools")]
+    TooManyTenants,
+}
+
+impl From<TooManyTenants> for HubError {
+    fn from(_: TooManyTenants) -> Self {
+        HubError::TooManyTenants
+    }
 }
 
 /// The result of a create.
@@ -118,7 +132,7 @@ pub struct Created {
 }
 
 pub struct HubInner {
-    pub pool: Pool,
+    pub pools: Pools,
     pub settings: HubSettings,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     by_key: Mutex<HashMap<SpecKey, String>>,
@@ -158,10 +172,10 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(pool: Pool, settings: HubSettings, shutdown: CancellationToken) -> Self {
-        Hub {
+    pub fn new(pools: Pools, settings: HubSettings, shutdown: CancellationToken) -> Self {
+        let hub = Hub {
             inner: Arc::new(HubInner {
-                pool,
+                pools,
                 settings,
                 entries: Mutex::new(HashMap::new()),
                 by_key: Mutex::new(HashMap::new()),
@@ -171,7 +185,23 @@ impl Hub {
                 shutdown,
                 stats: HubStats::default(),
             }),
-        }
+        };
+        let inner = Arc::downgrade(&hub.inner);
+        let shutdown = hub.inner.shutdown.clone();
+        tokio::spawn(async move {
+            // Idle tenant pools are closed on a slow tick; nothing here is time-critical.
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tick.tick() => match inner.upgrade() {
+                        Some(inner) => inner.pools.evict_idle(),
+                        None => return,
+                    },
+                }
+            }
+        });
+        hub
     }
 
     pub fn settings(&self) -> &HubSettings {
@@ -182,8 +212,12 @@ impl Hub {
         &self.inner.stats
     }
 
-    pub fn pool(&self) -> &Pool {
-        &self.inner.pool
+    pub fn pools(&self) -> &Pools {
+        &self.inner.pools
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
     }
 
     pub fn total_subscribers(&self) -> usize {
@@ -193,12 +227,12 @@ impl Hub {
     /// Starts a computation, or joins an identical one that is running (when `share` is set and
     /// the running one can still show a new subscriber everything from its start, or is live
     /// from "now").
-    pub async fn create(&self, spec: ComputationSpec, tenant: &str, share: bool) -> Result<Created, HubError> {
+    pub async fn create(&self, spec: ComputationSpec, tenant: &Tenant, share: bool) -> Result<Created, HubError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(HubError::ShuttingDown);
         }
         let now = crate::simulator::job::now_ms();
-        let key = spec.key(tenant, now);
+        let key = spec.key(&tenant.id, now);
         let _creating = self.inner.creating.lock().await;
         if share && let Some(entry) = self.shareable(&key) {
             entry.shared_by.fetch_add(1, Ordering::Relaxed);
@@ -209,8 +243,9 @@ impl Hub {
         if lock(&self.inner.entries).values().filter(|e| !e.is_ended()).count() >= max {
             return Err(HubError::TooManyComputations(max));
         }
-        self.wait_ready().await?;
-        let computation = self.inner.pool.execute(spec.to_execute(now)).await.map_err(|e| match e {
+        let pool = self.inner.pools.for_tenant(tenant)?;
+        Self::wait_ready(&pool, self.inner.settings.ready_wait).await?;
+        let computation = pool.execute(spec.to_execute(now)).await.map_err(|e| match e {
             UpstreamError::PoolFull(_) => HubError::UpstreamFull(e.to_string()),
             UpstreamError::Closed => HubError::ShuttingDown,
         })?;
@@ -220,7 +255,7 @@ impl Hub {
             id: id.clone(),
             spec,
             key: key.clone(),
-            tenant: tenant.to_owned(),
+            tenant: tenant.id.to_string(),
             control,
             events,
             now_ms: now,
@@ -243,11 +278,11 @@ impl Hub {
         (!entry.is_ended() && (whole_history || from_now)).then_some(entry)
     }
 
-    async fn wait_ready(&self) -> Result<(), HubError> {
-        let deadline = tokio::time::Instant::now() + self.inner.settings.ready_wait;
-        while !self.inner.pool.is_ready() {
+    async fn wait_ready(pool: &Pool, wait: Duration) -> Result<(), HubError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        while !pool.is_ready() {
             if tokio::time::Instant::now() >= deadline {
-                let reason = self.inner.pool.status().last_error.unwrap_or_else(|| "not connected yet".into());
+                let reason = pool.status().last_error.unwrap_or_else(|| "not connected yet".into());
                 return Err(HubError::UpstreamUnavailable(reason));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -275,6 +310,18 @@ impl Hub {
     pub fn find_by_key(&self, key: &SpecKey) -> Option<Arc<Entry>> {
         let entries = lock(&self.inner.entries);
         entries.values().filter(|e| &e.key == key).max_by_key(|e| e.created_at_ms).cloned()
+    }
+
+    /// The computation visible to `tenant` whose current upstream job has this handle (the
+    /// compat API names computations by handle). A re-executed job has a new handle; the newest
+    /// computation wins should two ever share one.
+    pub fn find_by_handle(&self, handle: &str, tenant: &str) -> Option<Arc<Entry>> {
+        let entries = lock(&self.inner.entries);
+        entries
+            .values()
+            .filter(|e| e.tenant == tenant && e.control.state().handle.as_deref() == Some(handle))
+            .max_by_key(|e| e.created_at_ms)
+            .cloned()
     }
 
     /// Every computation visible to `tenant`, oldest first.

@@ -25,6 +25,9 @@ pub struct GatewayEvent {
     /// The last event of its computation.
     pub terminal: bool,
     ndjson: OnceLock<Bytes>,
+    /// A data batch's points per publish block, when it merged more than one.
+    blocks: Vec<u32>,
+    signalflow: OnceLock<Bytes>,
 }
 
 impl GatewayEvent {
@@ -44,7 +47,25 @@ impl GatewayEvent {
         sse.put_slice(b"\n\n");
         let sse = sse.freeze();
         let json = sse.slice(at..at + json.len());
-        GatewayEvent { seq, name, json, sse, terminal: false, ndjson: OnceLock::new() }
+        GatewayEvent {
+            seq,
+            name,
+            json,
+            sse,
+            terminal: false,
+            ndjson: OnceLock::new(),
+            blocks: Vec::new(),
+            signalflow: OnceLock::new(),
+        }
+    }
+
+    /// Records a data batch's block boundaries ([`crate::upstream::Batch::block_sizes`]) for
+    /// the SignalFlow flavour; one block needs no split and keeps nothing.
+    pub fn with_blocks(mut self, block_sizes: Vec<u32>) -> Self {
+        if block_sizes.len() > 1 {
+            self.blocks = block_sizes;
+        }
+        self
     }
 
     /// Marks the event as its computation's last.
@@ -74,10 +95,83 @@ impl GatewayEvent {
             .clone()
     }
 
+    /// The SignalFlow REST/SSE flavour (protocol doc §7.2), rendered on first use and then
+    /// shared by every compat subscriber: `event: NAME` and one `data: ` line, no `id:`. A merged
+    /// batch becomes one `data` event per publish block again (clients count them to find a
+    /// timestamp's end, §3.10). Gateway notices are dropped (the clients cannot decode them),
+    /// except the two after which the gateway closes the stream: those become `CHANNEL_ABORT`,
+    /// because a stream that ends without a terminal message makes the clients re-execute
+    /// silently. Empty bytes: nothing to send.
+    pub fn signalflow(&self) -> Bytes {
+        self.signalflow
+            .get_or_init(|| match self.name {
+                "gateway" => notice_as_abort(&self.json),
+                "data" if !self.blocks.is_empty() => {
+                    split_blocks(&self.json, &self.blocks).unwrap_or_else(|| self.sse_without_id())
+                }
+                _ => self.sse_without_id(),
+            })
+            .clone()
+    }
+
+    /// `event: NAME\ndata: JSON\n\n`: a slice of `sse`, no copy.
+    fn sse_without_id(&self) -> Bytes {
+        let skip = match self.seq {
+            Some(_) => self.sse.iter().position(|b| *b == b'\n').map_or(0, |at| at + 1),
+            None => 0,
+        };
+        self.sse.slice(skip..)
+    }
+
     /// Bytes held, for the replay ring's byte bound.
     pub fn size(&self) -> usize {
         self.sse.len() + self.json.len()
     }
+}
+
+/// `SHUTTING_DOWN` and `SUBSCRIBER_TOO_SLOW` as a SignalFlow `CHANNEL_ABORT`; other notices
+/// as nothing.
+fn notice_as_abort(json: &[u8]) -> Bytes {
+    let notice: Value = serde_json::from_slice(json).unwrap_or(Value::Null);
+    let (state, reason) = match notice["event"].as_str() {
+        Some("SHUTTING_DOWN") => ("STOPPED", "the gateway is shutting down"),
+        Some("SUBSCRIBER_TOO_SLOW") => ("ABORTED", "the client did not keep up with the stream"),
+        _ => return Bytes::new(),
+    };
+    let now_ms = notice["timestampMs"].as_i64().unwrap_or(0);
+    let (name, body) = terminal_json(&Terminal::Aborted { state: state.into(), reason: reason.into() }, now_ms);
+    GatewayEvent::new(None, name, body.to_string().as_bytes()).sse
+}
+
+/// Splits `{"logicalTimestampMs":T[,"maxDelayMs":D],"data":[…]}` as
+/// [`write_data_json`] writes it into one `data` event per block of `blocks` points. Its
+/// elements are `{"tsId":"…","value":V}`, each with exactly one `}`. `None` if the JSON is not
+/// that shape or the sizes do not add up (the caller then sends the batch whole).
+fn split_blocks(json: &[u8], blocks: &[u32]) -> Option<Bytes> {
+    const ARRAY: &[u8] = b",\"data\":[";
+    let header_end = json.windows(ARRAY.len()).position(|w| w == ARRAY)?;
+    let header = &json[..header_end];
+    let elements = json.get(header_end + ARRAY.len()..json.len().checked_sub(2)?)?;
+    if !json.ends_with(b"]}") {
+        return None;
+    }
+    let mut out = BytesMut::with_capacity(json.len() + blocks.len() * (header.len() + 40));
+    let mut at = 0;
+    for &size in blocks {
+        let start = at;
+        for _ in 0..size {
+            at += elements.get(at..)?.iter().position(|b| *b == b'}')? + 1;
+        }
+        out.put_slice(b"event: data\ndata: ");
+        out.put_slice(header);
+        out.put_slice(ARRAY);
+        out.put_slice(&elements[start..at]);
+        out.put_slice(b"]}\n\n");
+        if elements.get(at) == Some(&b',') {
+            at += 1;
+        }
+    }
+    (at == elements.len()).then(|| out.freeze())
 }
 
 /// A `gateway` notice body.
@@ -98,7 +192,7 @@ pub fn metadata_json(metadata: &MetadataMessage) -> Vec<u8> {
 pub fn render(event: &UpstreamEvent, now_ms: i64, buf: &mut Vec<u8>) -> &'static str {
     buf.clear();
     let (name, value) = match event {
-        UpstreamEvent::Data(Batch { logical_timestamp_ms, max_delay_ms, points }) => {
+        UpstreamEvent::Data(Batch { logical_timestamp_ms, max_delay_ms, points, .. }) => {
             write_data_json(buf, *logical_timestamp_ms, *max_delay_ms, points);
             return "data";
         }
@@ -180,5 +274,50 @@ mod tests {
         let snapshot = GatewayEvent::new(None, "metadata", b"{}");
         assert_eq!(&snapshot.sse[..], b"event: metadata\ndata: {}\n\n");
         assert_eq!(&snapshot.ndjson()[..], b"{\"type\":\"metadata\",\"data\":{}}\n");
+    }
+
+    fn data_event(points: &[(u64, i64)], blocks: Vec<u32>) -> GatewayEvent {
+        use crate::protocol::{DataPoint, Tsid, Value};
+        let points: Vec<DataPoint> =
+            points.iter().map(|(id, v)| DataPoint { tsid: Tsid(*id), value: Value::Long(*v) }).collect();
+        let mut buf = Vec::new();
+        write_data_json(&mut buf, 1000, None, &points);
+        GatewayEvent::new(Some(3), "data", &buf).with_blocks(blocks)
+    }
+
+    #[test]
+    fn signalflow_flavour_splits_a_batch_into_one_data_event_per_block() {
+        let e = data_event(&[(1, 10), (2, -20), (3, 30)], vec![2, 0, 1]);
+        let text = String::from_utf8(e.signalflow().to_vec()).unwrap();
+        assert_eq!(
+            text,
+            "event: data\ndata: {\"logicalTimestampMs\":1000,\"data\":[{\"tsId\":\"AAAAAAAAAAE\",\"value\":10},{\"tsId\":\"AAAAAAAAAAI\",\"value\":-20}]}\n\n\
+             event: data\ndata: {\"logicalTimestampMs\":1000,\"data\":[]}\n\n\
+             event: data\ndata: {\"logicalTimestampMs\":1000,\"data\":[{\"tsId\":\"AAAAAAAAAAM\",\"value\":30}]}\n\n"
+        );
+        // Rendered once: the same bytes, not a copy.
+        assert_eq!(e.signalflow().as_ptr(), e.signalflow().as_ptr());
+        // Sizes that do not add up: the batch is sent whole rather than wrongly split.
+        let whole = data_event(&[(1, 10), (2, 20)], vec![1, 2]);
+        assert_eq!(&whole.signalflow()[..], &whole.sse[b"id: 3\n".len()..]);
+        let single = data_event(&[(1, 10)], vec![1]);
+        assert_eq!(&single.signalflow()[..], &single.sse[b"id: 3\n".len()..]);
+    }
+
+    #[test]
+    fn signalflow_flavour_drops_ids_and_notices_but_ends_with_an_abort() {
+        let e = GatewayEvent::new(Some(12), "control-message", br#"{"event":"JOB_START"}"#);
+        assert_eq!(&e.signalflow()[..], b"event: control-message\ndata: {\"event\":\"JOB_START\"}\n\n");
+        let lost = GatewayEvent::new(Some(13), "gateway", &notice("UPSTREAM_DISCONNECTED", 5, json!({})));
+        assert!(lost.signalflow().is_empty());
+        let shutdown = GatewayEvent::new(Some(14), "gateway", &notice("SHUTTING_DOWN", 5, json!({})));
+        let text = String::from_utf8(shutdown.signalflow().to_vec()).unwrap();
+        let (head, body) = text.split_once("\ndata: ").unwrap();
+        assert_eq!(head, "event: control-message");
+        let body: Value = serde_json::from_str(body.trim_end()).unwrap();
+        assert_eq!(body["event"], "CHANNEL_ABORT");
+        assert_eq!(body["timestampMs"], 5);
+        assert_eq!(body["abortInfo"]["sf_job_abortState"], "STOPPED");
+        assert_eq!(body["abortInfo"]["sf_job_abortReason"], "the gateway is shutting down");
     }
 }

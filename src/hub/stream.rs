@@ -203,6 +203,25 @@ pub enum Format {
     Ndjson,
 }
 
+/// What a subscriber reads: one of the gateway's own [`Format`]s, or the SignalFlow REST/SSE
+/// flavour of the compat API ([`GatewayEvent::signalflow`]). A type of its own rather than a
+/// third `Format`, which the gateway's endpoints negotiate by `Accept` and match exhaustively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Sse,
+    Ndjson,
+    SignalFlow,
+}
+
+impl From<Format> for Framing {
+    fn from(format: Format) -> Self {
+        match format {
+            Format::Sse => Framing::Sse,
+            Format::Ndjson => Framing::Ndjson,
+        }
+    }
+}
+
 /// Runs when a subscription's body is dropped (the client went away or the stream ended).
 pub struct Unsubscribe(pub Option<Box<dyn FnOnce() + Send + Sync>>);
 
@@ -214,12 +233,15 @@ impl Drop for Unsubscribe {
     }
 }
 
-/// The byte stream of one subscriber: its initial events (snapshot or replay), then its queue.
+/// The byte stream of one subscriber: a prelude (the SSE `retry:`), its initial events
+/// (snapshot or replay), then its queue. Events are framed for the subscriber's format as they
+/// are read, from bytes rendered once per event.
 pub struct Subscription {
-    initial: VecDeque<Bytes>,
+    prelude: Option<Bytes>,
+    initial: std::vec::IntoIter<Arc<GatewayEvent>>,
     rx: mpsc::Receiver<Item>,
     progress: Arc<AtomicU64>,
-    format: Format,
+    format: Framing,
     _unsubscribe: Unsubscribe,
 }
 
@@ -230,37 +252,56 @@ pub fn subscriber(
     capacity: usize,
     initial: Vec<Arc<GatewayEvent>>,
     prelude: Option<Bytes>,
-    format: Format,
+    format: impl Into<Framing>,
     unsubscribe: Unsubscribe,
 ) -> (Subscriber, Subscription) {
+    let format = format.into();
     let capacity = capacity.max(2);
     let (tx, rx) = mpsc::channel(capacity);
     let progress = Arc::new(AtomicU64::new(0));
-    let mut first: VecDeque<Bytes> = prelude.into_iter().collect();
-    first.extend(initial.iter().map(|e| frame(e, format)));
     let subscriber = Subscriber { id, tx, capacity, progress: progress.clone(), last_progress: 0, stalled_ticks: 0 };
-    (subscriber, Subscription { initial: first, rx, progress, format, _unsubscribe: unsubscribe })
+    let subscription =
+        Subscription { prelude, initial: initial.into_iter(), rx, progress, format, _unsubscribe: unsubscribe };
+    (subscriber, subscription)
 }
 
-fn frame(event: &GatewayEvent, format: Format) -> Bytes {
+/// The event's bytes for `format`; empty when the format has nothing to send for it.
+fn frame(event: &GatewayEvent, format: Framing) -> Bytes {
     match format {
-        Format::Sse => event.sse.clone(),
-        Format::Ndjson => event.ndjson(),
+        Framing::Sse => event.sse.clone(),
+        Framing::Ndjson => event.ndjson(),
+        Framing::SignalFlow => event.signalflow(),
     }
 }
 
 impl Subscription {
     /// A subscription with only fixed content (e.g. the replay of an ended computation).
-    pub fn finished(initial: Vec<Arc<GatewayEvent>>, prelude: Option<Bytes>, format: Format) -> Self {
+    pub fn finished(initial: Vec<Arc<GatewayEvent>>, prelude: Option<Bytes>, format: impl Into<Framing>) -> Self {
+        let format = format.into();
         let (_, rx) = mpsc::channel(1);
-        let mut first: VecDeque<Bytes> = prelude.into_iter().collect();
-        first.extend(initial.iter().map(|e| frame(e, format)));
         Subscription {
-            initial: first,
+            prelude,
+            initial: initial.into_iter(),
             rx,
             progress: Arc::new(AtomicU64::new(0)),
             format,
             _unsubscribe: Unsubscribe(None),
+        }
+    }
+
+    /// The next event for an in-process consumer (heartbeats skipped); `None` at the end.
+    pub async fn next_event(&mut self) -> Option<Arc<GatewayEvent>> {
+        if let Some(event) = self.initial.next() {
+            return Some(event);
+        }
+        loop {
+            match self.rx.recv().await? {
+                Item::Event(event) => {
+                    self.progress.fetch_add(1, Ordering::Relaxed);
+                    return Some(event);
+                }
+                Item::Heartbeat => self.progress.fetch_add(1, Ordering::Relaxed),
+            };
         }
     }
 }
@@ -272,20 +313,30 @@ impl futures::Stream for Subscription {
     type Item = Result<Bytes, std::convert::Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(bytes) = self.initial.pop_front() {
-            if self.initial.is_empty() {
-                // Replays can be long; a drained queue keeps no capacity per subscriber.
-                self.initial = VecDeque::new();
+        if let Some(prelude) = self.prelude.take() {
+            return Poll::Ready(Some(Ok(prelude)));
+        }
+        while let Some(event) = self.initial.next() {
+            if self.initial.len() == 0 {
+                // Replays can be long; a drained one keeps no memory per subscriber.
+                self.initial = Vec::new().into_iter();
             }
-            return Poll::Ready(Some(Ok(bytes)));
+            let bytes = frame(&event, self.format);
+            // An empty chunk is nothing to send (an event this format leaves out).
+            if !bytes.is_empty() {
+                return Poll::Ready(Some(Ok(bytes)));
+            }
         }
         loop {
             return match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(item)) => {
                     self.progress.fetch_add(1, Ordering::Relaxed);
                     match item {
-                        Item::Event(event) => Poll::Ready(Some(Ok(frame(&event, self.format)))),
-                        Item::Heartbeat if self.format == Format::Sse => {
+                        Item::Event(event) => match frame(&event, self.format) {
+                            bytes if bytes.is_empty() => continue,
+                            bytes => Poll::Ready(Some(Ok(bytes))),
+                        },
+                        Item::Heartbeat if self.format != Framing::Ndjson => {
                             Poll::Ready(Some(Ok(Bytes::from_static(SSE_HEARTBEAT))))
                         }
                         // NDJSON has no comment syntax; a blank line would be a line that is not JSON.

@@ -177,8 +177,7 @@ impl JobRun {
         self.control(control::JOB_START, |m| m.handle = Some(handle)).await?;
         self.control(control::JOB_PROGRESS, |m| m.progress = Some(100)).await?;
         let kinds = self.source.output_kinds();
-        let mut announced: HashSet<Tsid> = HashSet::new();
-        let mut present: Vec<HashSet<Tsid>> = vec![HashSet::new(); kinds.len()];
+        let mut series = SeriesTracker::new(kinds.len());
         let mut t = self.timeline.first_ms;
         let mut first = true;
         loop {
@@ -192,7 +191,7 @@ impl JobRun {
             }
             let blocks = self.source.step(t, &self.state.fixtures);
             for (index, block) in blocks.into_iter().enumerate() {
-                self.emit_block(t, index, block, &mut announced, &mut present).await?;
+                self.emit_block(t, index, block, &mut series).await?;
             }
             if first {
                 first = false;
@@ -214,45 +213,31 @@ impl JobRun {
         t: i64,
         index: usize,
         block: Block,
-        announced: &mut HashSet<Tsid>,
-        present: &mut [HashSet<Tsid>],
+        series: &mut SeriesTracker,
     ) -> Result<(), Cancelled> {
-        let now_present: HashSet<Tsid> = match &block {
-            Block::Metric(points) => points.iter().map(|(tsid, _)| *tsid).collect(),
-            Block::Events(_) => present.get(index).cloned().unwrap_or_default(),
-        };
-        if let Some(before) = present.get_mut(index) {
-            for gone in before.difference(&now_present) {
-                announced.remove(gone);
-                let expired = ExpiredTsidMessage { channel: self.channel.clone(), tsid: *gone, extra: Map::new() };
-                self.send(ServerMessage::ExpiredTsid(expired)).await?;
-            }
-            *before = now_present;
+        // `None`: the same series as at the previous timestamp, all announced already.
+        let changed = series.update(index, &block);
+        for &gone in changed.iter().flatten() {
+            let expired = ExpiredTsidMessage { channel: self.channel.clone(), tsid: gone, extra: Map::new() };
+            self.send(ServerMessage::ExpiredTsid(expired)).await?;
         }
         match block {
             Block::Metric(points) => {
-                for (tsid, _) in &points {
-                    self.announce(*tsid, announced).await?;
+                if changed.is_some() {
+                    for (tsid, _) in &points {
+                        self.announce(*tsid, series).await?;
+                    }
                 }
                 if self.preflight {
                     return Ok(());
                 }
-                let body = DataBody {
-                    logical_timestamp_ms: t,
-                    max_delay_ms: None,
-                    // Missing values are left out rather than sent as type 0: Java clients drop
-                    // a whole message that contains one (G5).
-                    points: points
-                        .iter()
-                        .filter_map(|(tsid, v)| v.map(|v| DataPoint { tsid: *tsid, value: Value::Double(v) }))
-                        .collect(),
-                };
-                self.state.stats.points_sent.fetch_add(body.points.len() as u64, Ordering::Relaxed);
-                self.send(ServerMessage::Data(DataMessage { channel: self.channel.clone(), body })).await
+                let message = data_message(&self.channel, t, &points);
+                self.state.stats.points_sent.fetch_add(message.body.points.len() as u64, Ordering::Relaxed);
+                self.send(ServerMessage::Data(message)).await
             }
             Block::Events(events) => {
                 for event in events {
-                    self.announce(event.tsid, announced).await?;
+                    self.announce(event.tsid, series).await?;
                     let metadata = self.source.metadata(event.tsid, &self.state.fixtures);
                     let message = EventMessage {
                         channel: self.channel.clone(),
@@ -278,8 +263,8 @@ impl JobRun {
     }
 
     /// Sends a series' metadata the first time it appears (again after it expired).
-    async fn announce(&self, tsid: Tsid, announced: &mut HashSet<Tsid>) -> Result<(), Cancelled> {
-        if !announced.insert(tsid) {
+    async fn announce(&self, tsid: Tsid, series: &mut SeriesTracker) -> Result<(), Cancelled> {
+        if !series.needs_metadata(tsid) {
             return Ok(());
         }
         let properties = self.source.metadata(tsid, &self.state.fixtures);
@@ -314,6 +299,78 @@ impl JobRun {
     }
 }
 
+/// Which series a job has announced (sent metadata for) and which each output block had at the
+/// previous timestamp, to send `expired-tsid` when a series leaves and metadata again when it
+/// returns.
+///
+/// The usual interval has exactly the series of the previous one, in the same order (the
+/// evaluator lists them in identity order): that case is one slice comparison per block, with
+/// no hashing per point.
+#[derive(Debug, Default)]
+pub struct SeriesTracker {
+    announced: HashSet<Tsid>,
+    /// Per block: the series present at the previous timestamp.
+    present: Vec<HashSet<Tsid>>,
+    /// Per block: the same series, in the order the block listed them.
+    last: Vec<Vec<Tsid>>,
+}
+
+impl SeriesTracker {
+    pub fn new(blocks: usize) -> Self {
+        SeriesTracker {
+            announced: HashSet::new(),
+            present: vec![HashSet::new(); blocks],
+            last: vec![Vec::new(); blocks],
+        }
+    }
+
+    /// Records block `index` at a new timestamp; returns the series that left it since the
+    /// previous one (they are no longer announced). An events block changes nothing.
+    ///
+    /// `None`: a metric block with exactly the series of the previous timestamp, in the same
+    /// order. Nothing left, and — provided [`needs_metadata`](Self::needs_metadata) was asked
+    /// for each series of that previous block — every one is announced, so the caller may skip
+    /// asking again.
+    pub fn update(&mut self, index: usize, block: &Block) -> Option<Vec<Tsid>> {
+        let Block::Metric(points) = block else { return Some(Vec::new()) };
+        let (Some(before), Some(last)) = (self.present.get_mut(index), self.last.get_mut(index)) else {
+            return Some(Vec::new());
+        };
+        if last.len() == points.len() && last.iter().zip(points).all(|(a, (b, _))| a == b) {
+            return None;
+        }
+        let now_present: HashSet<Tsid> = points.iter().map(|(tsid, _)| *tsid).collect();
+        let gone: Vec<Tsid> = before.difference(&now_present).copied().collect();
+        for tsid in &gone {
+            self.announced.remove(tsid);
+        }
+        *before = now_present;
+        last.clear();
+        last.extend(points.iter().map(|(tsid, _)| *tsid));
+        Some(gone)
+    }
+
+    /// True the first time `tsid` is seen, and again after it expired: its metadata must be
+    /// sent before its data. Marks it announced.
+    pub fn needs_metadata(&mut self, tsid: Tsid) -> bool {
+        self.announced.insert(tsid)
+    }
+}
+
+/// The data message of one metric block at logical timestamp `t`. Missing values are left out
+/// rather than sent as type 0: Java clients drop a whole message that contains one (G5).
+pub fn data_message(channel: &str, t: i64, points: &[(Tsid, Option<f64>)]) -> DataMessage {
+    let body = DataBody {
+        logical_timestamp_ms: t,
+        max_delay_ms: None,
+        points: points
+            .iter()
+            .filter_map(|(tsid, v)| v.map(|v| DataPoint { tsid: *tsid, value: Value::Double(v) }))
+            .collect(),
+    };
+    DataMessage { channel: channel.to_owned(), body }
+}
+
 /// Whether a job's outputs include any metric block (for `preflight`, which has none to send).
 pub fn has_metric_outputs(source: &JobSource) -> bool {
     source.output_kinds().contains(&OutputKind::Metric)
@@ -322,6 +379,28 @@ pub fn has_metric_outputs(source: &JobSource) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn series_tracker_reports_leavers_and_asks_for_metadata_again_on_return() {
+        let block = |ids: &[u64]| Block::Metric(ids.iter().map(|&i| (Tsid(i), Some(1.0))).collect());
+        let mut series = SeriesTracker::new(2);
+        assert_eq!(series.update(0, &block(&[1, 2, 3])), Some(vec![]));
+        assert!([1, 2, 3].into_iter().all(|i| series.needs_metadata(Tsid(i))));
+        // Same series, same order: nothing to do.
+        assert_eq!(series.update(0, &block(&[1, 2, 3])), None);
+        assert!(!series.needs_metadata(Tsid(2)));
+        // A reordering is not a change of membership.
+        assert_eq!(series.update(0, &block(&[3, 2, 1])), Some(vec![]));
+        assert!(![3, 2, 1].into_iter().any(|i| series.needs_metadata(Tsid(i))));
+        assert_eq!(series.update(0, &block(&[3, 1])), Some(vec![Tsid(2)]));
+        assert!(!series.needs_metadata(Tsid(3)) && !series.needs_metadata(Tsid(1)));
+        assert_eq!(series.update(0, &block(&[3, 1, 2])), Some(vec![]));
+        assert!(series.needs_metadata(Tsid(2)), "a returning series is announced again");
+        // Events blocks and blocks beyond the job's outputs change nothing.
+        assert_eq!(series.update(1, &Block::Events(Vec::new())), Some(vec![]));
+        assert_eq!(series.update(5, &block(&[9])), Some(vec![]));
+        assert_eq!(series.update(0, &block(&[3, 1, 2])), None);
+    }
 
     #[test]
     fn resolution_rounds_up_to_the_native_grid() {

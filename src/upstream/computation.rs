@@ -36,6 +36,10 @@ pub struct Batch {
     pub logical_timestamp_ms: i64,
     pub max_delay_ms: Option<i64>,
     pub points: Vec<DataPoint>,
+    /// Points per data message merged, in order (empty blocks included): `points` split at these
+    /// sizes gives back the service's one-message-per-block stream, which the SignalFlow
+    /// REST/SSE clients count to find a timestamp's end (protocol doc §3.10).
+    pub block_sizes: Vec<u32>,
 }
 
 /// A program error or another error the service reported for the computation.

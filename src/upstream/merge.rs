@@ -38,9 +38,12 @@ impl BatchMerger {
                 logical_timestamp_ms: body.logical_timestamp_ms,
                 max_delay_ms: body.max_delay_ms,
                 points: Vec::new(),
+                block_sizes: Vec::new(),
             },
             blocks: 0,
         });
+        // A data message holds at most u32::MAX points (the binary count field).
+        pending.batch.block_sizes.push(u32::try_from(body.points.len()).unwrap_or(u32::MAX));
         if pending.batch.points.is_empty() {
             // One message's vector becomes the batch's: no copy for single-block programs.
             pending.batch.points = body.points;
@@ -98,6 +101,7 @@ mod tests {
         m.boundary(&mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(ids(&out[0]), [1, 2, 3]);
+        assert_eq!(out[0].block_sizes, [2, 0, 1], "the block boundaries are kept");
         assert_eq!(m.blocks_per_timestamp(), Some(3));
         out.clear();
         m.push(body(20, &[1]), &mut out);
@@ -106,6 +110,7 @@ mod tests {
         m.push(body(20, &[3]), &mut out);
         assert_eq!(out.len(), 1, "released on its last block, not on the next timestamp");
         assert_eq!(out[0].logical_timestamp_ms, 20);
+        assert_eq!(out[0].block_sizes, [1, 0, 1]);
     }
 
     #[test]

@@ -3,9 +3,14 @@
 
 mod support;
 
+mod compat_api;
 mod fuzz_corpus;
 mod gateway_core;
+mod gateway_formats;
+mod gateway_production;
+mod interop_python_sse;
 mod interop_python_ws;
+mod openapi_contract;
 mod protocol_fixtures;
 mod protocol_roundtrip;
 mod simulator_protocol;

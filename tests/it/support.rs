@@ -260,6 +260,10 @@ pub struct SseClient {
 }
 
 impl SseClient {
+    pub fn from_response(response: reqwest::Response) -> Self {
+        Self::new(response)
+    }
+
     fn new(response: reqwest::Response) -> Self {
         use eventsource_stream::Eventsource;
         let status = response.status();
