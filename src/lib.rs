@@ -7,7 +7,7 @@
 //!
 //! - [`app`]: assembling and running the gateway (bind, simulator or upstream, hub, router,
 //!   graceful shutdown); [`config`]: layered settings; [`telemetry`]: logging;
-//!   [`metrics`]: the Prometheus exposition.
+//!   [`metrics`]: the Prometheus exposition; [`clock`]: wall-clock milliseconds.
 //! - [`http`]: the HTTP API (axum) — routes, streams, problem bodies. Knows nothing of websockets.
 //! - [`hub`]: computations and fan-out — sharing, replay ring, subscriber queues. Knows nothing
 //!   of HTTP.
@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod clock;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzz_targets;

@@ -155,15 +155,10 @@ pub struct ExecuteQuery {
     timezone: Option<String>,
 }
 
-/// `true`/`false` in any case (Python sends `True`/`False`, Java `true`/`false`).
+/// `true`/`false` in any case (Python sends `True`/`False`, Java `true`/`false`); an empty value
+/// counts as absent, like every other parameter here.
 fn flag(field: &str, value: Option<&str>) -> Result<Option<bool>, CompatError> {
-    match value.map(|v| v.trim().to_ascii_lowercase()) {
-        None => Ok(None),
-        Some(v) if v.is_empty() => Ok(None),
-        Some(v) if v == "true" || v == "1" => Ok(Some(true)),
-        Some(v) if v == "false" || v == "0" => Ok(Some(false)),
-        Some(v) => Err(invalid(format!("{field}: {v:?} is not true or false"))),
-    }
+    super::parse_flag(value, None).map_err(|detail| invalid(format!("{field}: {detail}")))
 }
 
 fn invalid(message: String) -> CompatError {
@@ -328,7 +323,7 @@ impl Joined {
             return None;
         }
         let state = entry.control.state();
-        let now = crate::simulator::job::now_ms();
+        let now = crate::clock::now_ms();
         let job_start = json!({ "event": "JOB_START", "handle": state.handle, "timestampMs": now });
         let info = json!({
             "logicalTimestampMs": state.last_complete_ms.unwrap_or(now),

@@ -105,13 +105,9 @@ pub struct OneShotQuery {
     _access_token: Option<String>,
 }
 
+/// A flag given without a value (`?immediate`) is true.
 fn flag(field: &'static str, value: Option<&str>) -> Result<Option<bool>, ApiError> {
-    match value.map(|v| v.trim().to_ascii_lowercase()) {
-        None => Ok(None),
-        Some(v) if v.is_empty() || v == "true" || v == "1" => Ok(Some(true)),
-        Some(v) if v == "false" || v == "0" => Ok(Some(false)),
-        Some(v) => Err(ApiError::invalid(field, format!("{v:?} is not true or false"))),
-    }
+    super::parse_flag(value, Some(true)).map_err(|detail| ApiError::invalid(field, detail))
 }
 
 pub async fn one_shot(
@@ -136,7 +132,7 @@ pub async fn one_shot(
     // A reconnecting EventSource: resume the computation this URL started, if it is still
     // held (running, lingering, or ended and retained), rather than starting another.
     if let Some(seen) = last {
-        let now = crate::simulator::job::now_ms();
+        let now = crate::clock::now_ms();
         let spec = ComputationSpec::from_raw(raw.clone(), state.settings.limits.max_program_bytes, now)?;
         if let Some(entry) = state.hub.find_by_key(&spec.key(&tenant.id, now))
             && let Some(outcome) = entry.subscribe(Some(seen), format).await

@@ -67,6 +67,20 @@ fn routes() -> Routes {
         .route("/openapi.yaml", &["GET"], get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
 }
 
+/// Parses a boolean query flag: `true`/`1` or `false`/`0` in any case, blanks around ignored;
+/// `None` when the parameter is absent. What an empty value (`?flag=`, `?flag`) means differs
+/// between the APIs, so the caller says it: `empty` is returned for it. The error is the detail
+/// for the caller's own error type (the trimmed, lower-cased value is quoted in it).
+pub fn parse_flag(value: Option<&str>, empty: Option<bool>) -> Result<Option<bool>, String> {
+    match value.map(|v| v.trim().to_ascii_lowercase()) {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(empty),
+        Some(v) if v == "true" || v == "1" => Ok(Some(true)),
+        Some(v) if v == "false" || v == "0" => Ok(Some(false)),
+        Some(v) => Err(format!("{v:?} is not true or false")),
+    }
+}
+
 /// Every (method, path template) the API serves.
 pub fn route_table() -> Vec<(&'static str, &'static str)> {
     let mut table = routes().table;
@@ -89,4 +103,20 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), access::cors))
         .layer(axum::middleware::from_fn_with_state(state.clone(), access::observe))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_flag;
+
+    #[test]
+    fn flags_parse_in_either_case_and_an_empty_value_means_what_the_caller_says() {
+        for (value, expected) in [("True", true), (" 1 ", true), ("FALSE", false), ("0", false)] {
+            assert_eq!(parse_flag(Some(value), None), Ok(Some(expected)), "{value:?}");
+        }
+        assert_eq!(parse_flag(None, Some(true)), Ok(None));
+        assert_eq!(parse_flag(Some(" "), Some(true)), Ok(Some(true)));
+        assert_eq!(parse_flag(Some(""), None), Ok(None));
+        assert_eq!(parse_flag(Some(" Maybe"), None), Err("\"maybe\" is not true or false".to_owned()));
+    }
 }

@@ -20,7 +20,7 @@ pub async fn whole_result(
     raw: RawSpec,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let now = crate::simulator::job::now_ms();
+    let now = crate::clock::now_ms();
     let spec = ComputationSpec::from_raw(raw.clone(), state.settings.limits.max_program_bytes, now)?;
     let max_wait = state.settings.stream.max_wait;
     let Some(stop) = spec.stop.map(|s| s.resolve(now)) else {

@@ -160,7 +160,7 @@ struct Pump {
 }
 
 fn now_ms() -> i64 {
-    crate::simulator::job::now_ms()
+    crate::clock::now_ms()
 }
 
 impl Pump {

@@ -231,7 +231,7 @@ impl Hub {
         if self.inner.shutdown.is_cancelled() {
             return Err(HubError::ShuttingDown);
         }
-        let now = crate::simulator::job::now_ms();
+        let now = crate::clock::now_ms();
         let key = spec.key(&tenant.id, now);
         let _creating = self.inner.creating.lock().await;
         if share && let Some(entry) = self.shareable(&key) {

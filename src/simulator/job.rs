@@ -121,9 +121,7 @@ pub struct JobRun {
 /// The job was ended from outside while it was waiting or sending.
 struct Cancelled;
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+use crate::clock::now_ms;
 
 impl JobRun {
     /// Runs the job to its end and unregisters it.

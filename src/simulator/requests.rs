@@ -5,10 +5,11 @@
 //! A job is registered before the handler returns, so a `stop` pipelined right behind its
 //! `execute` always finds it.
 
-use super::job::{Ending, JobRun, JobStop, Timeline, now_ms};
+use super::job::{Ending, JobRun, JobStop, Timeline};
 use super::language::{self, EvalOptions, ProgramError};
 use super::source::JobSource;
 use super::state::{JobEntry, SimState};
+use crate::clock::now_ms;
 use crate::protocol::error_message::ErrorMessage;
 use crate::protocol::messages::{
     Authenticated, ComputationStarted, EncodeOptions, ServerMessage, encode_server_message,

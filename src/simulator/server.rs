@@ -141,7 +141,8 @@ impl ConnectionActor {
 
     fn keepalive(&self) -> Exit {
         if !self.state.faults().pause_keepalive {
-            let frame = WsFrame::Text(ServerMessage::KeepAlive { timestamp_ms: Some(super::job::now_ms()) }.to_json());
+            let frame =
+                WsFrame::Text(ServerMessage::KeepAlive { timestamp_ms: Some(crate::clock::now_ms()) }.to_json());
             // A full queue already proves liveness to the client; skipping is harmless.
             let _ = self.frames.try_send(frame);
         }

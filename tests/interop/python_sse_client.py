@@ -36,69 +36,19 @@ and then call the originals unchanged; the client's behaviour is the library's o
 A watchdog prints what was observed so far with "ended": "timeout" and exits with status 3 if
 the stream does not end within --timeout seconds (a hang guard: the SSE transport reads with no
 timeout).
+
+What both interop scripts share (the report's common members, consuming the stream, the
+arguments, the watchdog) is in sfclient_common.py.
 """
 
-import argparse
 import json
-import logging
-import os
-import struct
-import sys
-import threading
 
 import sseclient
 import urllib3
 from signalfx.signalflow import SignalFlowClient
-from signalfx.signalflow import computation as sf_computation
-from signalfx.signalflow import errors as sf_errors
-from signalfx.signalflow import messages as sf_messages
 from signalfx.signalflow.sse import SSETransport
 
-STATE_NAMES = {
-    sf_computation.Computation.STATE_UNKNOWN: "UNKNOWN",
-    sf_computation.Computation.STATE_STREAM_STARTED: "STREAM_STARTED",
-    sf_computation.Computation.STATE_COMPUTATION_STARTED: "COMPUTATION_STARTED",
-    sf_computation.Computation.STATE_DATA_RECEIVED: "DATA_RECEIVED",
-    sf_computation.Computation.STATE_COMPLETED: "COMPLETED",
-    sf_computation.Computation.STATE_ABORTED: "ABORTED",
-}
-
-
-class Report(object):
-    """What the client observed; printed exactly once."""
-
-    def __init__(self, scenario):
-        self.doc = {
-            "scenario": scenario,
-            "handle": None,
-            "resolutionMs": None,
-            "numInputTimeseries": None,
-            "state": None,
-            "metadata": {},
-            "batches": [],
-            "batchesBeforeStop": None,
-            "yielded": [],
-            "ended": None,
-            "exception": None,
-            "events": [],
-            "chunkShapes": [],
-            "dataLines": [],
-            "clientStopError": None,
-            "stopStatus": None,
-            "stopBody": None,
-        }
-        self._lock = threading.Lock()
-        self._printed = False
-
-    def emit(self):
-        with self._lock:
-            if self._printed:
-                return False
-            self._printed = True
-            sys.stdout.write(json.dumps(self.doc, sort_keys=True))
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-            return True
+import sfclient_common as common
 
 
 def add_distinct(items, item):
@@ -145,55 +95,6 @@ def observe_sse(report):
     sseclient.SSEClient.events = events
 
 
-def describe_exception(exc):
-    out = {"class": type(exc).__name__, "str": str(exc)}
-    if isinstance(exc, sf_errors.SignalFlowException):
-        out.update(code=exc.code, message=exc.message, errorType=exc.error_type)
-    elif isinstance(exc, sf_errors.ComputationAborted):
-        out.update(state=exc.state, reason=exc.reason)
-    elif isinstance(exc, sf_errors.ComputationFailed):
-        out.update(errors=exc.errors)
-    return out
-
-
-def value_bits(value):
-    """The exact value as 16 hex digits of its IEEE-754 bits; integers and nulls as they are."""
-    if isinstance(value, float):
-        return "%016x" % struct.unpack("!Q", struct.pack("!d", value))[0]
-    return value
-
-
-def snapshot(report, comp):
-    """Copies the computation's accumulated knowledge into the report."""
-    report.doc["handle"] = comp.id
-    report.doc["resolutionMs"] = comp.resolution
-    report.doc["numInputTimeseries"] = comp.num_input_timeseries
-    report.doc["state"] = STATE_NAMES.get(comp.state, comp.state)
-    report.doc["metadata"] = dict(
-        (tsid, comp.get_metadata(tsid)) for tsid in comp.get_known_tsids())
-
-
-def consume(report, comp, on_batch=None):
-    """Iterates `comp.stream()` to its end, recording every message it yields."""
-    try:
-        for message in comp.stream():
-            report.doc["yielded"].append(type(message).__name__)
-            if isinstance(message, sf_messages.DataMessage):
-                report.doc["batches"].append({
-                    "t": message.logical_timestamp_ms,
-                    "points": dict(message.data),
-                    "bits": dict((tsid, value_bits(value))
-                                 for tsid, value in message.data.items()),
-                })
-                if on_batch:
-                    on_batch(comp)
-        report.doc["ended"] = "normally"
-    except Exception as exc:  # the client's exceptions are what this script reports
-        report.doc["ended"] = "exception"
-        report.doc["exception"] = describe_exception(exc)
-    snapshot(report, comp)
-
-
 def stop_by_handle(report, base_url, token, handle, reason):
     """POST /v2/signalflow/{handle}/stop?reason=..., as SSETransport.stop would if it worked."""
     http = urllib3.PoolManager()
@@ -205,67 +106,39 @@ def stop_by_handle(report, base_url, token, handle, reason):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", choices=["bounded", "invalid", "live"])
-    parser.add_argument("base_url")
-    parser.add_argument("--program", required=True)
-    parser.add_argument("--token", default="interop-token")
-    parser.add_argument("--start", type=int)
-    parser.add_argument("--stop", type=int)
-    parser.add_argument("--resolution", type=int)
-    parser.add_argument("--batches", type=int, default=3,
-                        help="live: batches to read before stopping")
-    parser.add_argument("--stop-reason", default="interop test stop")
-    parser.add_argument("--timeout", type=float, default=30.0)
-    args = parser.parse_args()
+    args = common.argument_parser(__doc__).parse_args()
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    report = Report(args.scenario)
+    report = common.Report(args.scenario, events=[], chunkShapes=[], dataLines=[],
+                           clientStopError=None, stopStatus=None, stopBody=None)
     observe_sse(report)
 
-    def watchdog():
-        report.doc["ended"] = "timeout"
-        report.emit()
-        sys.stderr.write("python_sse_client: timed out after %ss\n" % args.timeout)
-        sys.stderr.flush()
-        os._exit(3)
+    def connect():
+        # `SignalFx(...).signalflow(token)` always builds the WebSocket transport; the SSE one
+        # is chosen by constructing the client with `transport=SSETransport`.
+        return SignalFlowClient(args.token, endpoint=args.base_url, transport=SSETransport)
 
-    timer = threading.Timer(args.timeout, watchdog)
-    timer.daemon = True
-    timer.start()
-
-    # `SignalFx(...).signalflow(token)` always builds the WebSocket transport; the SSE one is
-    # chosen by constructing the client with `transport=SSETransport`.
-    flow = SignalFlowClient(args.token, endpoint=args.base_url, transport=SSETransport)
-    try:
-        if args.scenario in ("bounded", "invalid"):
-            try:
-                comp = flow.execute(args.program, start=args.start, stop=args.stop,
-                                    resolution=args.resolution)
-            except Exception as exc:  # the execute POST itself is refused
-                report.doc["ended"] = "exception"
-                report.doc["exception"] = describe_exception(exc)
-            else:
-                consume(report, comp)
+    def bounded(flow):
+        try:
+            comp = flow.execute(args.program, start=args.start, stop=args.stop,
+                                resolution=args.resolution)
+        except Exception as exc:  # the execute POST itself is refused
+            common.record_exception(report, exc)
         else:
-            stopped = []
+            common.consume(report, comp)
 
-            def maybe_stop(comp):
-                if not stopped and len(report.doc["batches"]) >= args.batches:
-                    stopped.append(True)
-                    report.doc["batchesBeforeStop"] = len(report.doc["batches"])
-                    try:
-                        flow.stop(comp.id, args.stop_reason)
-                    except Exception as exc:
-                        report.doc["clientStopError"] = type(exc).__name__
-                    stop_by_handle(report, args.base_url, args.token, comp.id, args.stop_reason)
+    def live(flow):
+        def stop(comp):
+            try:
+                flow.stop(comp.id, args.stop_reason)
+            except Exception as exc:
+                report.doc["clientStopError"] = type(exc).__name__
+            stop_by_handle(report, args.base_url, args.token, comp.id, args.stop_reason)
 
-            comp = flow.execute(args.program, resolution=args.resolution)
-            consume(report, comp, on_batch=maybe_stop)
-    finally:
-        flow.close()
-    timer.cancel()
-    report.emit()
+        comp = flow.execute(args.program, resolution=args.resolution)
+        common.consume(report, comp, on_batch=common.stop_after_batches(report, args.batches, stop))
+
+    common.run(report, args, "python_sse_client", connect,
+               {"bounded": bounded, "invalid": bounded, "live": live})
 
 
 if __name__ == "__main__":

@@ -31,64 +31,18 @@ then call the originals unchanged; the client's behaviour is the library's own.
 A watchdog prints what was observed so far with "ended": "timeout" and exits with status 3 if
 the stream does not end within --timeout seconds (a hang guard: the Python WS client has no read
 timeout of its own).
+
+What both interop scripts share (the report's common members, consuming the stream, the
+arguments, the watchdog) is in sfclient_common.py.
 """
 
-import argparse
 import json
-import logging
-import os
 import struct
-import sys
-import threading
 
 import signalfx
-from signalfx.signalflow import computation as sf_computation
-from signalfx.signalflow import errors as sf_errors
-from signalfx.signalflow import messages as sf_messages
 from signalfx.signalflow import ws as sf_ws
 
-STATE_NAMES = {
-    sf_computation.Computation.STATE_UNKNOWN: "UNKNOWN",
-    sf_computation.Computation.STATE_STREAM_STARTED: "STREAM_STARTED",
-    sf_computation.Computation.STATE_COMPUTATION_STARTED: "COMPUTATION_STARTED",
-    sf_computation.Computation.STATE_DATA_RECEIVED: "DATA_RECEIVED",
-    sf_computation.Computation.STATE_COMPLETED: "COMPLETED",
-    sf_computation.Computation.STATE_ABORTED: "ABORTED",
-}
-
-
-class Report(object):
-    """What the client observed; printed exactly once."""
-
-    def __init__(self, scenario, compress):
-        self.doc = {
-            "scenario": scenario,
-            "compress": compress,
-            "handle": None,
-            "resolutionMs": None,
-            "numInputTimeseries": None,
-            "state": None,
-            "metadata": {},
-            "batches": [],
-            "batchesBeforeStop": None,
-            "yielded": [],
-            "ended": None,
-            "exception": None,
-            "frames": [],
-            "errorPayloads": [],
-        }
-        self._lock = threading.Lock()
-        self._printed = False
-
-    def emit(self):
-        with self._lock:
-            if self._printed:
-                return False
-            self._printed = True
-            sys.stdout.write(json.dumps(self.doc, sort_keys=True))
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-            return True
+import sfclient_common as common
 
 
 def observe_transport(report):
@@ -116,112 +70,34 @@ def observe_transport(report):
     sf_ws.WebSocketTransport._process_message = process_message
 
 
-def describe_exception(exc):
-    out = {"class": type(exc).__name__, "str": str(exc)}
-    if isinstance(exc, sf_errors.SignalFlowException):
-        out.update(code=exc.code, message=exc.message, errorType=exc.error_type)
-    elif isinstance(exc, sf_errors.ComputationAborted):
-        out.update(state=exc.state, reason=exc.reason)
-    elif isinstance(exc, sf_errors.ComputationFailed):
-        out.update(errors=exc.errors)
-    return out
-
-
-def value_bits(value):
-    """The exact value as 16 hex digits of its IEEE-754 bits (floats survive JSON only
-    approximately in general); integers and nulls as they are."""
-    if isinstance(value, float):
-        return "%016x" % struct.unpack("!Q", struct.pack("!d", value))[0]
-    return value
-
-
-def snapshot(report, comp):
-    """Copies the computation's accumulated knowledge into the report."""
-    report.doc["handle"] = comp.id
-    report.doc["resolutionMs"] = comp.resolution
-    report.doc["numInputTimeseries"] = comp.num_input_timeseries
-    report.doc["state"] = STATE_NAMES.get(comp.state, comp.state)
-    report.doc["metadata"] = dict(
-        (tsid, comp.get_metadata(tsid)) for tsid in comp.get_known_tsids())
-
-
-def consume(report, comp, on_batch=None):
-    """Iterates `comp.stream()` to its end, recording every message it yields."""
-    try:
-        for message in comp.stream():
-            report.doc["yielded"].append(type(message).__name__)
-            if isinstance(message, sf_messages.DataMessage):
-                report.doc["batches"].append({
-                    "t": message.logical_timestamp_ms,
-                    "points": dict(message.data),
-                    "bits": dict((tsid, value_bits(value))
-                                 for tsid, value in message.data.items()),
-                })
-                if on_batch:
-                    on_batch(comp)
-        report.doc["ended"] = "normally"
-    except Exception as exc:  # the client's exceptions are what this script reports
-        report.doc["ended"] = "exception"
-        report.doc["exception"] = describe_exception(exc)
-    snapshot(report, comp)
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("scenario", choices=["bounded", "invalid", "live"])
-    parser.add_argument("base_url")
-    parser.add_argument("--program", required=True)
-    parser.add_argument("--token", default="interop-token")
-    parser.add_argument("--start", type=int)
-    parser.add_argument("--stop", type=int)
-    parser.add_argument("--resolution", type=int)
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--compress", choices=["on", "off"], default="on")
-    parser.add_argument("--batches", type=int, default=3,
-                        help="live: batches to read before stopping")
-    parser.add_argument("--stop-reason", default="interop test stop")
-    parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args()
 
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     compress = args.compress == "on"
-    report = Report(args.scenario, compress)
+    report = common.Report(args.scenario, compress=compress, frames=[], errorPayloads=[])
     observe_transport(report)
 
-    def watchdog():
-        report.doc["ended"] = "timeout"
-        report.emit()
-        sys.stderr.write("python_ws_client: timed out after %ss\n" % args.timeout)
-        sys.stderr.flush()
-        os._exit(3)
+    def connect():
+        # The public entry point: SignalFx(stream_endpoint=...).signalflow(token) builds a
+        # SignalFlowClient with the WebSocket transport.
+        sfx = signalfx.SignalFx(stream_endpoint=args.base_url, compress=compress)
+        return sfx.signalflow(args.token)
 
-    timer = threading.Timer(args.timeout, watchdog)
-    timer.daemon = True
-    timer.start()
+    def bounded(flow):
+        comp = flow.execute(args.program, start=args.start, stop=args.stop,
+                            resolution=args.resolution)
+        common.consume(report, comp)
 
-    # The public entry point: SignalFx(stream_endpoint=...).signalflow(token) builds a
-    # SignalFlowClient with the WebSocket transport.
-    sfx = signalfx.SignalFx(stream_endpoint=args.base_url, compress=compress)
-    flow = sfx.signalflow(args.token)
-    try:
-        if args.scenario in ("bounded", "invalid"):
-            comp = flow.execute(args.program, start=args.start, stop=args.stop,
-                                resolution=args.resolution)
-            consume(report, comp)
-        else:
-            stopped = []
+    def live(flow):
+        stop = common.stop_after_batches(
+            report, args.batches, lambda comp: flow.stop(comp.id, args.stop_reason))
+        comp = flow.execute(args.program, resolution=args.resolution)
+        common.consume(report, comp, on_batch=stop)
 
-            def maybe_stop(comp):
-                if not stopped and len(report.doc["batches"]) >= args.batches:
-                    stopped.append(True)
-                    report.doc["batchesBeforeStop"] = len(report.doc["batches"])
-                    flow.stop(comp.id, args.stop_reason)
-
-            comp = flow.execute(args.program, resolution=args.resolution)
-            consume(report, comp, on_batch=maybe_stop)
-    finally:
-        flow.close()
-    timer.cancel()
-    report.emit()
+    common.run(report, args, "python_ws_client", connect,
+               {"bounded": bounded, "invalid": bounded, "live": live})
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ impl From<reqwest::Response> for SseClientFrom {
 #[tokio::test]
 async fn wait_true_answers_the_whole_result_as_json_and_csv() {
     let gw = spawn_gateway(test_settings()).await;
-    let now = signalflow_gateway::simulator::job::now_ms() / 1000 * 1000;
+    let now = signalflow_gateway::clock::now_ms() / 1000 * 1000;
     let body = json!({"program": PROGRAM, "start": now - 30_000, "stop": now - 20_000});
     let json_result: Json = gw.post_json("/computations?wait=true", body.clone()).await.json().await.unwrap();
     let series = json_result["series"].as_array().unwrap();

@@ -11,31 +11,10 @@
 
 use crate::support::*;
 use serde::Deserialize;
-use serde_json::{Value as Json, json};
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Stdio;
-use std::time::Duration;
-use tokio::process::Command;
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/python_sse_client.py");
-/// Two publish blocks: `A` has one series per region (2), `B` a single series.
-const TWO_BLOCKS: &str = "A = data('cpu.utilization').mean(by=['region']).publish('A')\n\
-                          B = data('memory.utilization').max().publish('B')";
-/// A past, resolution-aligned start: the whole range is historical.
-const START: i64 = 1_700_000_000_000;
-const RESOLUTION_MS: i64 = 1_000;
-/// Input series of `TWO_BLOCKS` in the demo inventory: 48 of each metric.
-const TWO_BLOCKS_INPUTS: i64 = 96;
-/// The script's own watchdog; a hang guard, not a timing assertion.
-const SCRIPT_WATCHDOG_S: &str = "45";
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
-
-#[derive(Debug, Deserialize)]
-struct Batch {
-    t: i64,
-    points: BTreeMap<String, Json>,
-    bits: BTreeMap<String, Json>,
-}
+use crate::support::interop::*;
 
 /// One SSE event as the transport decoded it.
 #[derive(Debug, Deserialize, PartialEq)]
@@ -46,21 +25,10 @@ struct Event {
     n: Option<usize>,
 }
 
-/// What `python_sse_client.py` reports.
+/// What `python_sse_client.py` reports besides the members both scripts report.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Report {
-    scenario: String,
-    handle: Option<String>,
-    resolution_ms: Option<i64>,
-    num_input_timeseries: Option<i64>,
-    state: Option<String>,
-    metadata: BTreeMap<String, serde_json::Map<String, Json>>,
-    batches: Vec<Batch>,
-    batches_before_stop: Option<usize>,
-    yielded: Vec<String>,
-    ended: Option<String>,
-    exception: Option<serde_json::Map<String, Json>>,
+struct SseObserved {
     events: Vec<Event>,
     chunk_shapes: Vec<String>,
     data_lines: Vec<String>,
@@ -69,15 +37,10 @@ struct Report {
     stop_body: Option<String>,
 }
 
-impl Report {
-    fn yielded(&self, class: &str) -> usize {
-        self.yielded.iter().filter(|y| *y == class).count()
-    }
+/// What `python_sse_client.py` reports.
+type Report = ScriptReport<SseObserved>;
 
-    fn exception_field(&self, key: &str) -> &Json {
-        self.exception.as_ref().and_then(|e| e.get(key)).unwrap_or_else(|| panic!("no exception.{key}: {self:#?}"))
-    }
-
+impl SseObserved {
     fn controls(&self) -> Vec<&str> {
         self.events.iter().filter_map(|e| e.control.as_deref()).collect()
     }
@@ -92,53 +55,9 @@ impl Report {
     }
 }
 
-fn python() -> String {
-    match std::env::var("SIGNALFLOW_INTEROP_PYTHON") {
-        Ok(python) if !python.is_empty() => python,
-        _ => panic!(
-            "SIGNALFLOW_INTEROP_PYTHON is not set. Run the tests with scripts/test: it prepares the interop \
-             virtualenv (target/interop-venv, with the official `signalfx` client from PyPI) and points \
-             SIGNALFLOW_INTEROP_PYTHON at its python."
-        ),
-    }
-}
-
+/// Runs one scenario of the script against the gateway and parses its report.
 async fn run_client(gw: &Gateway, scenario: &str, args: &[&str]) -> Report {
-    let mut command = Command::new(python());
-    command
-        .arg(SCRIPT)
-        .arg(scenario)
-        .arg(&gw.base)
-        .args(args)
-        .args(["--timeout", SCRIPT_WATCHDOG_S])
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("python_sse_client.py {scenario} did not finish within {SCRIPT_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("cannot run {} (SIGNALFLOW_INTEROP_PYTHON): {e}", python()));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "python_sse_client.py {scenario} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
-        output.status
-    );
-    let report: Report = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("unreadable report ({e}):\nstdout: {stdout}\nstderr: {stderr}"));
-    assert_eq!(report.scenario, scenario);
-    report
-}
-
-/// Exact values per timestamp: TSID → IEEE-754 bits, 16 hex digits.
-type Values = BTreeMap<i64, BTreeMap<String, String>>;
-
-fn python_values(report: &Report) -> Values {
-    let bits = |b: &Batch| -> BTreeMap<String, String> {
-        b.bits.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or("not a float").to_owned())).collect()
-    };
-    report.batches.iter().map(|b| (b.t, bits(b))).collect()
+    run_script("python_sse_client.py", scenario, &gw.base, args).await
 }
 
 /// The same query through the gateway's own SSE stream, merged per timestamp.
@@ -166,45 +85,9 @@ async fn gateway_values(gw: &Gateway, start: i64, count: i64) -> Values {
     values
 }
 
-fn timestamps(from: i64, count: i64) -> Vec<i64> {
-    (0..count).map(|i| from + i * RESOLUTION_MS).collect()
-}
-
 /// (label, originating metric, region) per series, with the per-job properties checked.
-fn series(report: &Report) -> BTreeSet<(String, String, Option<String>)> {
-    let handle = report.handle.as_deref().unwrap_or_else(|| panic!("no handle: {report:#?}"));
-    assert_eq!(handle.len(), 11, "handles are 11-character ids: {handle}");
-    report
-        .metadata
-        .values()
-        .map(|p| {
-            let text = |key: &str| p.get(key).and_then(Json::as_str).map(str::to_owned);
-            assert_eq!(text("computationId").as_deref(), Some(handle));
-            assert_eq!(p.get("sf_resolutionMs"), Some(&json!(RESOLUTION_MS)));
-            (text("sf_streamLabel").unwrap(), text("sf_originatingMetric").unwrap(), text("region"))
-        })
-        .collect()
-}
-
-fn expected_series() -> BTreeSet<(String, String, Option<String>)> {
-    [
-        ("A", "cpu.utilization", Some("us-east-1")),
-        ("A", "cpu.utilization", Some("us-west-2")),
-        ("B", "memory.utilization", None),
-    ]
-    .into_iter()
-    .map(|(l, m, r)| (l.to_owned(), m.to_owned(), r.map(str::to_owned)))
-    .collect()
-}
-
-/// Every batch the client yielded holds a point of every series of both blocks: it merged the
-/// two per-block data events of each timestamp back together.
-fn check_batches_merge_both_blocks(report: &Report) {
-    let all: BTreeSet<&String> = report.metadata.keys().collect();
-    for batch in &report.batches {
-        assert_eq!(batch.points.keys().collect::<BTreeSet<_>>(), all, "batch {}", batch.t);
-        assert!(batch.points.values().all(Json::is_f64), "batch {}: {:?}", batch.t, batch.points);
-    }
+fn series(report: &Report) -> BTreeSet<Series> {
+    two_blocks_series(report, |_, _, _| {})
 }
 
 /// What travelled: `event:` plus exactly one `data: ` line per event, comments, nothing else.
@@ -228,7 +111,7 @@ async fn python_sse_client_reads_a_bounded_two_block_query_to_its_end() {
     assert_eq!(report.state.as_deref(), Some("COMPLETED"));
     assert_eq!(report.resolution_ms, Some(RESOLUTION_MS), "from JOB_RUNNING_RESOLUTION");
     assert_eq!(report.num_input_timeseries, Some(TWO_BLOCKS_INPUTS), "from FETCH_NUM_TIMESERIES");
-    assert_eq!(series(&report), expected_series());
+    assert_eq!(series(&report), expected_two_blocks_series());
     assert_eq!((report.yielded("JobStartMessage"), report.yielded("MetadataMessage")), (1, 3));
     // One computation of its own, ended; its handle is the one the client learnt.
     let list = gw.get_json("/computations").await;
@@ -283,22 +166,11 @@ async fn python_sse_client_is_stopped_by_handle_and_raises_the_abort() {
     // client raises as ComputationAborted with the state and our reason.
     assert_eq!(report.client_stop_error.as_deref(), Some("AttributeError"));
     assert_eq!((report.stop_status, report.stop_body.as_deref()), (Some(200), Some("{}")));
-    assert_eq!(report.ended.as_deref(), Some("exception"), "{report:#?}");
-    assert_eq!(report.exception_field("class"), "ComputationAborted");
-    assert_eq!(report.exception_field("state"), "STOPPED");
-    assert_eq!(report.exception_field("reason"), reason);
-    assert_eq!(report.state.as_deref(), Some("ABORTED"));
-    assert_eq!(report.batches_before_stop, Some(3));
-    assert_eq!(report.resolution_ms, Some(RESOLUTION_MS));
-    assert_eq!(report.num_input_timeseries, Some(TWO_BLOCKS_INPUTS));
-    assert_eq!(series(&report), expected_series());
+    check_stopped_live_run(&report, 3, reason);
+    assert_eq!(series(&report), expected_two_blocks_series());
 
     // Consecutive live timestamps (a batch may slip in between the stop and its abort).
-    let first = report.batches.first().map(|b| b.t).unwrap_or_else(|| panic!("no batches: {report:#?}"));
-    let count = report.batches.len() as i64;
-    assert!(count >= 3, "{report:#?}");
-    assert_eq!(report.batches.iter().map(|b| b.t).collect::<Vec<_>>(), timestamps(first, count));
-    check_batches_merge_both_blocks(&report);
+    let (first, count) = check_live_batches(&report, 3);
     assert_eq!(python_values(&report), gateway_values(&gw, first, count).await, "exact values");
     let blocks = report.blocks_per_timestamp();
     assert!(blocks.values().all(|sizes| sizes == &[2, 1]), "one data event per block: {blocks:?}");

@@ -17,53 +17,21 @@ use serde_json::{Value as Json, json};
 use signalflow_gateway::protocol::Value;
 use signalflow_gateway::protocol::messages::ServerMessage;
 use signalflow_gateway::simulator::SimulatorHandle;
-use std::collections::{BTreeMap, BTreeSet};
-use std::process::Stdio;
-use std::time::Duration;
-use tokio::process::Command;
+use std::collections::BTreeSet;
 
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/python_ws_client.py");
-/// Two publish blocks: `A` has one series per region (2), `B` a single series.
-const TWO_BLOCKS: &str = "A = data('cpu.utilization').mean(by=['region']).publish('A')\n\
-                          B = data('memory.utilization').max().publish('B')";
-/// A past, resolution-aligned start: the whole range is historical.
-const START: i64 = 1_700_000_000_000;
-const RESOLUTION_MS: i64 = 1_000;
-/// Input series of `TWO_BLOCKS` in the demo inventory: 48 of each metric.
-const TWO_BLOCKS_INPUTS: i64 = 96;
-/// The script's own watchdog (it then prints what it saw); a hang guard, not a timing assertion.
-const SCRIPT_WATCHDOG_S: &str = "45";
-/// Outer hang guard, beyond the script's watchdog.
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
+use crate::support::interop::*;
 
-/// One data batch as the Python client yielded it (merged across publish blocks).
-#[derive(Debug, Deserialize)]
-struct Batch {
-    t: i64,
-    points: BTreeMap<String, Json>,
-    /// IEEE-754 bits of each float value, 16 hex digits.
-    bits: BTreeMap<String, Json>,
-}
-
-/// What `python_ws_client.py` reports.
+/// What `python_ws_client.py` reports besides the members both scripts report.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Report {
-    scenario: String,
+struct WsObserved {
     compress: bool,
-    handle: Option<String>,
-    resolution_ms: Option<i64>,
-    num_input_timeseries: Option<i64>,
-    state: Option<String>,
-    metadata: BTreeMap<String, serde_json::Map<String, Json>>,
-    batches: Vec<Batch>,
-    batches_before_stop: Option<usize>,
-    yielded: Vec<String>,
-    ended: Option<String>,
-    exception: Option<serde_json::Map<String, Json>>,
     frames: Vec<Frame>,
     error_payloads: Vec<serde_json::Map<String, Json>>,
 }
+
+/// What `python_ws_client.py` reports.
+type Report = ScriptReport<WsObserved>;
 
 /// One websocket frame the client's transport received.
 #[derive(Debug, Deserialize)]
@@ -77,15 +45,7 @@ struct Frame {
     flags: Option<u8>,
 }
 
-impl Report {
-    fn yielded(&self, class: &str) -> usize {
-        self.yielded.iter().filter(|y| *y == class).count()
-    }
-
-    fn exception_field(&self, key: &str) -> &Json {
-        self.exception.as_ref().and_then(|e| e.get(key)).unwrap_or_else(|| panic!("no exception.{key}: {self:#?}"))
-    }
-
+impl WsObserved {
     /// Text frames other than server keep-alives.
     fn text_frames(&self) -> Vec<(Option<&str>, Option<&str>)> {
         self.frames
@@ -100,60 +60,9 @@ impl Report {
     }
 }
 
-fn python() -> String {
-    match std::env::var("SIGNALFLOW_INTEROP_PYTHON") {
-        Ok(python) if !python.is_empty() => python,
-        _ => panic!(
-            "SIGNALFLOW_INTEROP_PYTHON is not set. Run the tests with scripts/test: it prepares the interop \
-             virtualenv (target/interop-venv, with the official `signalfx` client from PyPI) and points \
-             SIGNALFLOW_INTEROP_PYTHON at its python."
-        ),
-    }
-}
-
 /// Runs one scenario of the script against `sim` and parses its report.
 async fn run_client(sim: &SimulatorHandle, scenario: &str, args: &[&str]) -> Report {
-    let base_url = format!("http://{}", sim.addr);
-    let mut command = Command::new(python());
-    command
-        .arg(SCRIPT)
-        .arg(scenario)
-        .arg(&base_url)
-        .args(args)
-        .args(["--timeout", SCRIPT_WATCHDOG_S])
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("python_ws_client.py {scenario} did not finish within {SCRIPT_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("cannot run {} (SIGNALFLOW_INTEROP_PYTHON): {e}", python()));
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "python_ws_client.py {scenario} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
-        output.status
-    );
-    let report: Report = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("unreadable report ({e}):\nstdout: {stdout}\nstderr: {stderr}"));
-    assert_eq!(report.scenario, scenario);
-    report
-}
-
-/// Exact values per timestamp: TSID → IEEE-754 bits, 16 hex digits.
-type Values = BTreeMap<i64, BTreeMap<String, String>>;
-
-/// The bits of every float the Python client yielded, per batch timestamp.
-fn python_values(report: &Report) -> Values {
-    report
-        .batches
-        .iter()
-        .map(|b| {
-            let bits = b.bits.iter().map(|(tsid, v)| (tsid.clone(), v.as_str().unwrap_or("not a float").to_owned()));
-            (b.t, bits.collect())
-        })
-        .collect()
+    run_script("python_ws_client.py", scenario, &format!("http://{}", sim.addr), args).await
 }
 
 /// Runs `program` over `[start, stop)` with the crate's own client and merges the data messages
@@ -182,55 +91,19 @@ async fn reference_values(sim: &SimulatorHandle, program: &str, start: i64, stop
     values
 }
 
-fn timestamps(from: i64, count: i64) -> Vec<i64> {
-    (0..count).map(|i| from + i * RESOLUTION_MS).collect()
-}
-
 /// The metadata of `TWO_BLOCKS`, as (label, originating metric, region) per TSID, with the
 /// per-job properties checked against the handle.
-fn check_two_blocks_metadata(report: &Report) -> BTreeSet<(String, String, Option<String>)> {
-    let handle = report.handle.as_deref().unwrap_or_else(|| panic!("no handle: {report:#?}"));
-    assert_eq!(handle.len(), 11, "handles are 11-character ids: {handle}");
-    report
-        .metadata
-        .values()
-        .map(|p| {
-            let text = |key: &str| p.get(key).and_then(Json::as_str).map(str::to_owned);
-            let label = text("sf_streamLabel").expect("sf_streamLabel");
-            let block = match label.as_str() {
-                "A" => 1,
-                "B" => 2,
-                other => panic!("unexpected label {other}"),
-            };
-            assert_eq!(text("computationId").as_deref(), Some(handle));
-            assert_eq!(text("sf_metric"), Some(format!("_SF_COMP_{handle}_{block:02}-PUBLISH_METRIC")));
-            assert_eq!(text("sf_type").as_deref(), Some("MetricTimeSeries"));
-            assert_eq!(p.get("sf_resolutionMs"), Some(&json!(RESOLUTION_MS)));
-            (label, text("sf_originatingMetric").expect("sf_originatingMetric"), text("region"))
-        })
-        .collect()
-}
-
-fn expected_two_blocks_series() -> BTreeSet<(String, String, Option<String>)> {
-    [
-        ("A", "cpu.utilization", Some("us-east-1")),
-        ("A", "cpu.utilization", Some("us-west-2")),
-        ("B", "memory.utilization", None),
-    ]
-    .into_iter()
-    .map(|(l, m, r)| (l.to_owned(), m.to_owned(), r.map(str::to_owned)))
-    .collect()
-}
-
-/// Every batch carries a value for every series of both blocks: the client merged the two
-/// per-block data messages of each timestamp.
-fn check_batches_merge_both_blocks(report: &Report) {
-    let all: BTreeSet<&String> = report.metadata.keys().collect();
-    for batch in &report.batches {
-        let tsids: BTreeSet<&String> = batch.points.keys().collect();
-        assert_eq!(tsids, all, "batch {} has a point from every series of both blocks", batch.t);
-        assert!(batch.points.values().all(Json::is_f64), "batch {}: {:?}", batch.t, batch.points);
-    }
+fn check_two_blocks_metadata(report: &Report) -> BTreeSet<Series> {
+    two_blocks_series(report, |p, label, handle| {
+        let text = |key: &str| p.get(key).and_then(Json::as_str).map(str::to_owned);
+        let block = match label {
+            "A" => 1,
+            "B" => 2,
+            other => panic!("unexpected label {other}"),
+        };
+        assert_eq!(text("sf_metric"), Some(format!("_SF_COMP_{handle}_{block:02}-PUBLISH_METRIC")));
+        assert_eq!(text("sf_type").as_deref(), Some("MetricTimeSeries"));
+    })
 }
 
 async fn bounded_query_yields_everything_then_ends(compress: bool) {
@@ -347,23 +220,12 @@ async fn python_client_stops_a_live_computation_and_its_stream_ends() {
 
     // After `SignalFlowClient.stop(handle, reason)` the channel ends with CHANNEL_ABORT, which
     // the client raises as ComputationAborted carrying the abort state and our reason.
-    assert_eq!(report.ended.as_deref(), Some("exception"), "{report:#?}");
-    assert_eq!(report.exception_field("class"), "ComputationAborted");
-    assert_eq!(report.exception_field("state"), "STOPPED");
-    assert_eq!(report.exception_field("reason"), reason);
-    assert_eq!(report.state.as_deref(), Some("ABORTED"));
-    assert_eq!(report.batches_before_stop, Some(3));
-    assert_eq!(report.resolution_ms, Some(RESOLUTION_MS));
-    assert_eq!(report.num_input_timeseries, Some(TWO_BLOCKS_INPUTS));
+    check_stopped_live_run(&report, 3, reason);
     assert_eq!(check_two_blocks_metadata(&report), expected_two_blocks_series());
 
     // Consecutive live timestamps (a batch may slip in between the stop and its abort).
-    let first = report.batches.first().map(|b| b.t).unwrap_or_else(|| panic!("no batches: {report:#?}"));
+    let (first, count) = check_live_batches(&report, 3);
     assert_eq!(first % RESOLUTION_MS, 0);
-    let count = report.batches.len() as i64;
-    assert!(count >= 3, "{report:#?}");
-    assert_eq!(report.batches.iter().map(|b| b.t).collect::<Vec<_>>(), timestamps(first, count));
-    check_batches_merge_both_blocks(&report);
     let end = first + count * RESOLUTION_MS;
     assert_eq!(python_values(&report), reference_values(&sim, TWO_BLOCKS, first, end).await, "exact values");
     sim.shutdown().await.unwrap();

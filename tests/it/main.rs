@@ -13,5 +13,6 @@ mod interop_python_ws;
 mod openapi_contract;
 mod protocol_fixtures;
 mod protocol_roundtrip;
+mod simulator_language;
 mod simulator_protocol;
 mod upstream_pool;

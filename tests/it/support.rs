@@ -357,3 +357,215 @@ impl Gateway {
         panic!("never reached the end");
     }
 }
+
+/// Shared by the interop tests that drive the official Python client.
+pub mod interop {
+    use serde::Deserialize;
+    use serde_json::{Map, Value as Json, json};
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::fmt::Debug;
+    use std::process::Stdio;
+    use std::time::Duration;
+    use tokio::process::Command;
+
+    /// Two publish blocks: `A` has one series per region (2), `B` a single series.
+    pub const TWO_BLOCKS: &str = "A = data('cpu.utilization').mean(by=['region']).publish('A')\n\
+                                  B = data('memory.utilization').max().publish('B')";
+    /// A past, resolution-aligned start: the whole range is historical.
+    pub const START: i64 = 1_700_000_000_000;
+    pub const RESOLUTION_MS: i64 = 1_000;
+    /// Input series of `TWO_BLOCKS` in the demo inventory: 48 of each metric.
+    pub const TWO_BLOCKS_INPUTS: i64 = 96;
+    /// The scripts' own watchdog (they then print what they saw); a hang guard, not a timing
+    /// assertion.
+    const SCRIPT_WATCHDOG_S: &str = "45";
+    /// Outer hang guard, beyond the scripts' watchdog.
+    const SCRIPT_TIMEOUT: Duration = Duration::from_secs(90);
+
+    fn python() -> String {
+        match std::env::var("SIGNALFLOW_INTEROP_PYTHON") {
+            Ok(python) if !python.is_empty() => python,
+            _ => panic!(
+                "SIGNALFLOW_INTEROP_PYTHON is not set. Run the tests with scripts/test: it prepares the interop \
+                 virtualenv (target/interop-venv, with the official `signalfx` client from PyPI) and points \
+                 SIGNALFLOW_INTEROP_PYTHON at its python."
+            ),
+        }
+    }
+
+    /// Runs `tests/interop/<script> <scenario> <base_url> <args…>` and parses the one JSON report
+    /// it prints; the report's `scenario` must be the one asked for.
+    pub async fn run_script<R: serde::de::DeserializeOwned>(
+        script: &str,
+        scenario: &str,
+        base_url: &str,
+        args: &[&str],
+    ) -> R {
+        let path = format!("{}/tests/interop/{script}", env!("CARGO_MANIFEST_DIR"));
+        let mut command = Command::new(python());
+        command
+            .arg(&path)
+            .arg(scenario)
+            .arg(base_url)
+            .args(args)
+            .args(["--timeout", SCRIPT_WATCHDOG_S])
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
+            .await
+            .unwrap_or_else(|_| panic!("{script} {scenario} did not finish within {SCRIPT_TIMEOUT:?}"))
+            .unwrap_or_else(|e| panic!("cannot run {} (SIGNALFLOW_INTEROP_PYTHON): {e}", python()));
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "{script} {scenario} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+            output.status
+        );
+        let report: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("unreadable report ({e}):\nstdout: {stdout}\nstderr: {stderr}"));
+        assert_eq!(report["scenario"], scenario);
+        serde_json::from_value(report).unwrap_or_else(|e| panic!("report of an unexpected shape ({e}):\n{stdout}"))
+    }
+
+    /// One data batch as the Python client yielded it (merged across publish blocks).
+    #[derive(Debug, Deserialize)]
+    pub struct Batch {
+        pub t: i64,
+        pub points: BTreeMap<String, Json>,
+        /// IEEE-754 bits of each float value, 16 hex digits.
+        pub bits: BTreeMap<String, Json>,
+    }
+
+    /// What both scripts report (`sfclient_common.Report`), with `T`, the members a script adds
+    /// about its own transport, flattened in; the report derefs to them.
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct ScriptReport<T> {
+        pub handle: Option<String>,
+        pub resolution_ms: Option<i64>,
+        pub num_input_timeseries: Option<i64>,
+        pub state: Option<String>,
+        pub metadata: BTreeMap<String, Map<String, Json>>,
+        pub batches: Vec<Batch>,
+        pub batches_before_stop: Option<usize>,
+        pub yielded: Vec<String>,
+        pub ended: Option<String>,
+        pub exception: Option<Map<String, Json>>,
+        #[serde(flatten)]
+        pub transport: T,
+    }
+
+    impl<T> std::ops::Deref for ScriptReport<T> {
+        type Target = T;
+
+        fn deref(&self) -> &T {
+            &self.transport
+        }
+    }
+
+    impl<T: Debug> ScriptReport<T> {
+        pub fn yielded(&self, class: &str) -> usize {
+            self.yielded.iter().filter(|y| *y == class).count()
+        }
+
+        pub fn exception_field(&self, key: &str) -> &Json {
+            self.exception.as_ref().and_then(|e| e.get(key)).unwrap_or_else(|| panic!("no exception.{key}: {self:#?}"))
+        }
+    }
+
+    /// Exact values per timestamp: TSID → IEEE-754 bits, 16 hex digits.
+    pub type Values = BTreeMap<i64, BTreeMap<String, String>>;
+
+    /// The bits of every float the Python client yielded, per batch timestamp.
+    pub fn python_values<T>(report: &ScriptReport<T>) -> Values {
+        report
+            .batches
+            .iter()
+            .map(|b| {
+                let bits =
+                    b.bits.iter().map(|(tsid, v)| (tsid.clone(), v.as_str().unwrap_or("not a float").to_owned()));
+                (b.t, bits.collect())
+            })
+            .collect()
+    }
+
+    pub fn timestamps(from: i64, count: i64) -> Vec<i64> {
+        (0..count).map(|i| from + i * RESOLUTION_MS).collect()
+    }
+
+    /// (label, originating metric, region) of a series.
+    pub type Series = (String, String, Option<String>);
+
+    /// The series of `TWO_BLOCKS` in the report's metadata, with the per-job properties every
+    /// series carries checked against the handle; `check(properties, label, handle)` adds the
+    /// caller's own checks.
+    pub fn two_blocks_series<T: Debug>(
+        report: &ScriptReport<T>,
+        check: impl Fn(&Map<String, Json>, &str, &str),
+    ) -> BTreeSet<Series> {
+        let handle = report.handle.as_deref().unwrap_or_else(|| panic!("no handle: {report:#?}"));
+        assert_eq!(handle.len(), 11, "handles are 11-character ids: {handle}");
+        report
+            .metadata
+            .values()
+            .map(|p| {
+                let text = |key: &str| p.get(key).and_then(Json::as_str).map(str::to_owned);
+                let label = text("sf_streamLabel").expect("sf_streamLabel");
+                assert_eq!(text("computationId").as_deref(), Some(handle));
+                assert_eq!(p.get("sf_resolutionMs"), Some(&json!(RESOLUTION_MS)));
+                check(p, &label, handle);
+                (label, text("sf_originatingMetric").expect("sf_originatingMetric"), text("region"))
+            })
+            .collect()
+    }
+
+    pub fn expected_two_blocks_series() -> BTreeSet<Series> {
+        [
+            ("A", "cpu.utilization", Some("us-east-1")),
+            ("A", "cpu.utilization", Some("us-west-2")),
+            ("B", "memory.utilization", None),
+        ]
+        .into_iter()
+        .map(|(l, m, r)| (l.to_owned(), m.to_owned(), r.map(str::to_owned)))
+        .collect()
+    }
+
+    /// Every batch carries a value for every series of both blocks: the client merged the two
+    /// per-block data messages of each timestamp.
+    pub fn check_batches_merge_both_blocks<T>(report: &ScriptReport<T>) {
+        let all: BTreeSet<&String> = report.metadata.keys().collect();
+        for batch in &report.batches {
+            let tsids: BTreeSet<&String> = batch.points.keys().collect();
+            assert_eq!(tsids, all, "batch {} has a point from every series of both blocks", batch.t);
+            assert!(batch.points.values().all(Json::is_f64), "batch {}: {:?}", batch.t, batch.points);
+        }
+    }
+
+    /// A `live` run stopped after `batches` batches: the stream ended with CHANNEL_ABORT, which
+    /// the client raises as ComputationAborted carrying the abort state and `reason`, after it
+    /// learnt what the job announced.
+    pub fn check_stopped_live_run<T: Debug>(report: &ScriptReport<T>, batches: usize, reason: &str) {
+        assert_eq!(report.ended.as_deref(), Some("exception"), "{report:#?}");
+        assert_eq!(report.exception_field("class"), "ComputationAborted");
+        assert_eq!(report.exception_field("state"), "STOPPED");
+        assert_eq!(report.exception_field("reason"), reason);
+        assert_eq!(report.state.as_deref(), Some("ABORTED"));
+        assert_eq!(report.batches_before_stop, Some(batches));
+        assert_eq!(report.resolution_ms, Some(RESOLUTION_MS));
+        assert_eq!(report.num_input_timeseries, Some(TWO_BLOCKS_INPUTS));
+    }
+
+    /// The batches of a live run stopped after `batches`: at least that many, at consecutive
+    /// timestamps (a batch may slip in between the stop and its abort), each merging both
+    /// blocks. Returns the first timestamp and the number of batches.
+    pub fn check_live_batches<T: Debug>(report: &ScriptReport<T>, batches: usize) -> (i64, i64) {
+        let first = report.batches.first().map(|b| b.t).unwrap_or_else(|| panic!("no batches: {report:#?}"));
+        let count = report.batches.len() as i64;
+        assert!(count >= batches as i64, "{report:#?}");
+        assert_eq!(report.batches.iter().map(|b| b.t).collect::<Vec<_>>(), timestamps(first, count));
+        check_batches_merge_both_blocks(report);
+        (first, count)
+    }
+}

@@ -100,7 +100,7 @@ async fn killed_sockets_resume_every_job_without_duplicates() {
     let (sim, _control) = fixture_simulator(SimulatorConfig::default()).await;
     let pool = pool(config_for(&sim));
     // Live jobs starting a little in the past: history first, then real time.
-    let now = signalflow_gateway::simulator::job::now_ms();
+    let now = signalflow_gateway::clock::now_ms();
     let mut computations = Vec::new();
     for _ in 0..3 {
         computations.push(pool.execute(spec(Some(now - 5_000), None)).await.unwrap());
