@@ -108,7 +108,7 @@ pub fn start(hub: &Arc<HubInner>, new: NewComputation) -> Arc<Entry> {
     let NewComputation { id, spec, key, tenant, control, events, now_ms } = new;
     let settings = &hub.settings;
     let (commands_tx, commands) =
-        mpsc::channel(settings.max_subscribers_per_computation.saturating_mul(2).clamp(16, 65_536));
+        mpsc::channel(settings.limits.max_subscribers_per_computation.saturating_mul(2).clamp(16, 65_536));
     let entry = Arc::new(Entry {
         id,
         spec,
@@ -124,7 +124,11 @@ pub fn start(hub: &Arc<HubInner>, new: NewComputation) -> Arc<Entry> {
         ring_complete: AtomicBool::new(true),
         metadata: Mutex::new(HashMap::new()),
     });
-    let limits = RingLimits { events: settings.replay_events, bytes: settings.replay_bytes, age: settings.replay_age };
+    let limits = RingLimits {
+        events: settings.limits.replay_events,
+        bytes: settings.limits.replay_bytes,
+        age: settings.limits.replay_age,
+    };
     let pump = Pump {
         entry: entry.clone(),
         hub: hub.clone(),
@@ -166,7 +170,7 @@ fn now_ms() -> i64 {
 impl Pump {
     async fn run(mut self, mut events: EventReceiver, mut commands: mpsc::Receiver<PumpCommand>) {
         let settings = self.hub.settings.clone();
-        let mut heartbeat = tokio::time::interval(settings.heartbeat);
+        let mut heartbeat = tokio::time::interval(settings.stream.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.tick().await;
         let shutdown = self.hub.shutdown.clone();
@@ -201,10 +205,12 @@ impl Pump {
     fn deadline(&self) -> Instant {
         let settings = &self.hub.settings;
         if let Some(ended) = self.ended_at {
-            return ended + settings.ended_retention;
+            return ended + settings.stream.ended_retention;
         }
         match (self.empty_since, self.stop_sent) {
-            (Some(since), false) => since + if self.had_subscribers { settings.linger } else { settings.idle_timeout },
+            (Some(since), false) => {
+                since + if self.had_subscribers { settings.stream.linger } else { settings.stream.idle_timeout }
+            }
             _ => Instant::now() + Duration::from_secs(86_400),
         }
     }
@@ -258,7 +264,7 @@ impl Pump {
             UpstreamEvent::Resumed { .. } => self.set_phase(Phase::Running),
             UpstreamEvent::Metadata(m) => {
                 let mut cache = self.entry.metadata();
-                if cache.len() < self.hub.settings.max_series_per_computation {
+                if cache.len() < self.hub.settings.limits.max_series_per_computation {
                     cache.insert(m.tsid, m.clone());
                     let event = GatewayEvent::new(None, "metadata", &render::metadata_json(m));
                     self.snapshot.insert(m.tsid, Arc::new(event));
@@ -324,10 +330,13 @@ impl Pump {
         }
     }
 
+    /// The notice for a subscriber being dropped. Rendered only when one is: building it for
+    /// every published event would put a JSON render and an allocation on the hot path.
     fn too_slow_notice(&self) -> impl Fn() -> Item + use<> {
-        let notice =
-            Arc::new(GatewayEvent::new(None, "gateway", &render::notice("SUBSCRIBER_TOO_SLOW", now_ms(), json!({}))));
-        move || Item::Event(notice.clone())
+        || {
+            let body = render::notice("SUBSCRIBER_TOO_SLOW", now_ms(), json!({}));
+            Item::Event(Arc::new(GatewayEvent::new(None, "gateway", &body)))
+        }
     }
 
     fn heartbeat(&mut self) {
@@ -374,8 +383,8 @@ impl Pump {
         let settings = &self.hub.settings;
         let ended = self.ended_at.is_some();
         if !ended
-            && (self.subscribers.len() >= settings.max_subscribers_per_computation
-                || self.hub.total_subscribers.load(Ordering::Relaxed) >= settings.max_subscribers_total)
+            && (self.subscribers.len() >= settings.limits.max_subscribers_per_computation
+                || self.hub.total_subscribers.load(Ordering::Relaxed) >= settings.limits.max_subscribers_total)
         {
             return SubscribeOutcome::TooManySubscribers;
         }
@@ -407,7 +416,7 @@ impl Pump {
         if ended && !initial.iter().any(|e| e.terminal) {
             initial.extend(self.ring.all().rev().find(|e| e.terminal).cloned());
         }
-        let prelude = (format == Framing::Sse).then(|| retry_prelude(settings.heartbeat));
+        let prelude = (format == Framing::Sse).then(|| retry_prelude(settings.stream.heartbeat));
         if ended {
             return SubscribeOutcome::Stream(Subscription::finished(initial, prelude, format));
         }
@@ -419,7 +428,7 @@ impl Pump {
             let _ = commands.try_send(PumpCommand::Unsubscribe(id));
         })));
         let (subscriber, subscription) =
-            stream::subscriber(id, settings.subscriber_queue, initial, prelude, format, unsubscribe);
+            stream::subscriber(id, settings.limits.subscriber_queue, initial, prelude, format, unsubscribe);
         self.subscribers.push(subscriber);
         self.set_subscriber_count();
         SubscribeOutcome::Stream(subscription)

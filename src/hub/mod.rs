@@ -20,7 +20,7 @@ pub use spec::{ComputationSpec, RawSpec, SpecError, SpecKey, TimeSpec};
 pub use stream::Format;
 pub use tenant::{Pools, Tenant};
 
-use crate::config::Settings;
+use crate::config::{Limits, Settings, StreamSettings};
 use crate::upstream::{Pool, UpstreamError};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -30,44 +30,23 @@ use tenant::TooManyTenants;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// The hub's share of the settings.
+/// The hub's share of the settings: the configured limits and stream settings as they are,
+/// plus two waits derived from the upstream settings.
 #[derive(Debug, Clone)]
 pub struct HubSettings {
-    pub max_computations: usize,
-    pub max_subscribers_per_computation: usize,
-    pub max_subscribers_total: usize,
-    pub subscriber_queue: usize,
-    pub replay_events: usize,
-    pub replay_bytes: usize,
-    pub replay_age: Duration,
-    pub max_series_per_computation: usize,
-    pub heartbeat: Duration,
-    pub linger: Duration,
-    pub idle_timeout: Duration,
-    pub ended_retention: Duration,
-    /// How long a create waits for the job to start (to report program errors synchronously).
-    pub start_wait: Duration,
+    pub limits: Limits,
+    pub stream: StreamSettings,
     /// How long a create waits for an authenticated upstream socket before answering 503.
     pub ready_wait: Duration,
+    /// How long a stop waits for the job's end.
     pub stop_wait: Duration,
 }
 
 impl HubSettings {
     pub fn from_settings(s: &Settings) -> Self {
         HubSettings {
-            max_computations: s.limits.max_computations,
-            max_subscribers_per_computation: s.limits.max_subscribers_per_computation,
-            max_subscribers_total: s.limits.max_subscribers_total,
-            subscriber_queue: s.limits.subscriber_queue,
-            replay_events: s.limits.replay_events,
-            replay_bytes: s.limits.replay_bytes,
-            replay_age: s.limits.replay_age,
-            max_series_per_computation: s.limits.max_series_per_computation,
-            heartbeat: s.stream.heartbeat,
-            linger: s.stream.linger,
-            idle_timeout: s.stream.idle_timeout,
-            ended_retention: s.stream.ended_retention,
-            start_wait: s.stream.start_wait,
+            limits: s.limits.clone(),
+            stream: s.stream.clone(),
             ready_wait: s.upstream.connect_timeout.min(Duration::from_secs(5)),
             stop_wait: Duration::from_secs(5),
         }
@@ -239,7 +218,7 @@ impl Hub {
             self.inner.stats.computations_shared.fetch_add(1, Ordering::Relaxed);
             return Ok(Created { entry, new: false });
         }
-        let max = self.inner.settings.max_computations;
+        let max = self.inner.settings.limits.max_computations;
         if lock(&self.inner.entries).values().filter(|e| !e.is_ended()).count() >= max {
             return Err(HubError::TooManyComputations(max));
         }
@@ -294,7 +273,7 @@ impl Hub {
     pub async fn wait_started(&self, entry: &Entry) -> Phase {
         let mut phase = entry.watch_phase();
         let started = phase.wait_for(|p| *p != Phase::Starting);
-        match tokio::time::timeout(self.inner.settings.start_wait, started).await {
+        match tokio::time::timeout(self.inner.settings.stream.start_wait, started).await {
             Ok(Ok(p)) => p.clone(),
             _ => entry.phase(),
         }
