@@ -139,6 +139,7 @@ fn upstream_config(settings: &Settings, url: String, token: SecretString) -> Ups
     config.connect_timeout = u.connect_timeout;
     config.read_timeout = u.read_timeout;
     config.write_timeout = u.write_timeout;
+    config.stop_wait = u.stop_wait;
     config.max_connections = u.max_connections;
     config.max_channels_per_connection = u.max_channels_per_connection;
     config.job_starts_per_second = u.job_starts_per_second;

@@ -46,6 +46,10 @@ pub struct UpstreamSettings {
     pub read_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// How long a stop waits for the service's confirmation before the gateway ends the
+    /// computation itself (the client's `DELETE` never waits for it).
+    #[serde(with = "humantime_serde")]
+    pub stop_wait: Duration,
     pub max_connections: usize,
     pub max_channels_per_connection: usize,
     pub job_starts_per_second: f64,
@@ -175,6 +179,7 @@ impl Default for UpstreamSettings {
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(5),
+            stop_wait: Duration::from_secs(5),
             max_connections: 8,
             max_channels_per_connection: 250,
             job_starts_per_second: 10.0,
@@ -368,6 +373,7 @@ impl Settings {
             (u.connect_timeout, "upstream.connect_timeout"),
             (u.read_timeout, "upstream.read_timeout"),
             (u.write_timeout, "upstream.write_timeout"),
+            (u.stop_wait, "upstream.stop_wait"),
         ] {
             if value.is_zero() {
                 problems.push(format!("{name}: must be longer than 0s"));
@@ -400,6 +406,7 @@ impl Settings {
                 "connectTimeout": humantime::format_duration(u.connect_timeout).to_string(),
                 "readTimeout": humantime::format_duration(u.read_timeout).to_string(),
                 "writeTimeout": humantime::format_duration(u.write_timeout).to_string(),
+                "stopWait": humantime::format_duration(u.stop_wait).to_string(),
                 "maxConnections": u.max_connections,
                 "maxChannelsPerConnection": u.max_channels_per_connection,
                 "jobStartsPerSecond": u.job_starts_per_second,

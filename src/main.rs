@@ -98,6 +98,24 @@ struct SimulateArgs {
     /// Fault: drop every connection abruptly at this interval.
     #[arg(long, value_parser = humantime::parse_duration)]
     drop_every: Option<Duration>,
+    /// Fault: send no KEEP_ALIVE frames.
+    #[arg(long)]
+    pause_keepalive: bool,
+    /// Fault: send `error` messages without their channel.
+    #[arg(long)]
+    channelless_errors: bool,
+    /// Fault: stream past a job's stop time, never sending END_OF_CHANNEL.
+    #[arg(long)]
+    ignore_stop_time: bool,
+    /// Fault: ignore `stop` requests.
+    #[arg(long)]
+    ignore_stop_requests: bool,
+    /// Fault: ignore `detach` requests.
+    #[arg(long)]
+    ignore_detach: bool,
+    /// Fault: stop reading connections once authenticated (requests and pings go unanswered).
+    #[arg(long)]
+    stop_reading: bool,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -165,7 +183,12 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         job_starts_per_minute: args.job_starts_per_minute,
         lag_ms: args.lag.map_or(0, |d| d.as_millis() as u64),
         drop_every_ms: args.drop_every.map(|d| d.as_millis() as u64),
-        pause_keepalive: false,
+        pause_keepalive: args.pause_keepalive,
+        channelless_errors: args.channelless_errors,
+        ignore_stop_time: args.ignore_stop_time,
+        ignore_stop_requests: args.ignore_stop_requests,
+        ignore_detach: args.ignore_detach,
+        stop_reading: args.stop_reading,
     };
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;

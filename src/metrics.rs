@@ -139,7 +139,7 @@ fn render_upstream(out: &mut Exposition, pools: &[&PoolStats], ready: bool) {
     let sockets = pools.iter().map(|p| p.sockets_open.load(Ordering::Relaxed).max(0)).sum::<i64>();
     out.single("sfgw_upstream_sockets", "gauge", "Authenticated upstream websocket connections.", sockets);
     type Counter = (&'static str, &'static str, fn(&PoolStats) -> u64);
-    let counters: [Counter; 7] = [
+    let counters: [Counter; 11] = [
         ("sfgw_upstream_reconnects_total", "Upstream sockets lost (each is replaced).", |p| {
             p.disconnects.load(Ordering::Relaxed)
         }),
@@ -158,6 +158,22 @@ fn render_upstream(out: &mut Exposition, pools: &[&PoolStats], ready: bool) {
         }),
         ("sfgw_upstream_undecodable_frames_total", "Frames that did not decode, dropped.", |p| {
             p.undecodable_frames.load(Ordering::Relaxed)
+        }),
+        ("sfgw_upstream_channelless_errors_total", "Error messages that named no channel.", |p| {
+            p.channelless_errors.load(Ordering::Relaxed)
+        }),
+        (
+            "sfgw_upstream_orphan_jobs_stopped_total",
+            "Jobs that started on a channel the gateway had given up on, stopped at once.",
+            |p| p.orphan_jobs_stopped.load(Ordering::Relaxed),
+        ),
+        (
+            "sfgw_upstream_stops_enforced_total",
+            "Bounded computations ended by the gateway because the service streamed past their stop time.",
+            |p| p.stops_enforced.load(Ordering::Relaxed),
+        ),
+        ("sfgw_upstream_pings_total", "Websocket pings sent on silent upstream sockets.", |p| {
+            p.pings_sent.load(Ordering::Relaxed)
         }),
     ];
     for (name, help, read) in counters {

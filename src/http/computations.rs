@@ -54,10 +54,11 @@ pub async fn create_entry(
 ) -> Result<(Arc<Entry>, bool), ApiError> {
     let spec = ComputationSpec::from_raw(raw, state.settings.limits.max_program_bytes, crate::clock::now_ms())?;
     let created = state.hub.create(spec, tenant, share).await?;
-    if created.new
-        && let Phase::Ended(Terminal::Error(error)) = state.hub.wait_started(&created.entry).await
-    {
-        state.hub.discard(&created.entry);
+    // A joiner of a create still under way learns of its program error too.
+    if let Phase::Ended(Terminal::Error(error)) = state.hub.wait_started(&created.entry).await {
+        if created.new {
+            state.hub.discard(&created.entry);
+        }
         return Err(ApiError::program(&error));
     }
     Ok((created.entry, created.new))
@@ -154,10 +155,8 @@ pub async fn metadata(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let entry = entry(&state, &tenant, &id)?;
-    let cache = entry.metadata();
-    let mut series: Vec<_> = cache.values().collect();
-    series.sort_by_key(|m| m.tsid);
-    let series: Vec<Value> = series.iter().map(|m| json!({ "tsId": m.tsid, "properties": m.properties })).collect();
+    let series: Vec<Value> =
+        entry.metadata_snapshot().iter().map(|m| json!({ "tsId": m.tsid, "properties": m.properties })).collect();
     Ok(Json(json!({ "series": series })))
 }
 
@@ -168,8 +167,7 @@ pub async fn one_metadata(
 ) -> Result<Json<Value>, ApiError> {
     let entry = entry(&state, &tenant, &id)?;
     let tsid = Tsid::parse(&tsid).map_err(|e| ApiError::invalid("tsId", e.to_string()))?;
-    let cache = entry.metadata();
-    let m = cache.get(&tsid).ok_or_else(|| ApiError::not_found(&format!("series {tsid}")))?;
+    let m = entry.series_metadata(tsid).ok_or_else(|| ApiError::not_found(&format!("series {tsid}")))?;
     Ok(Json(json!({ "tsId": m.tsid, "properties": m.properties })))
 }
 
@@ -179,6 +177,7 @@ pub fn view(entry: &Entry) -> Value {
     let phase = entry.phase();
     let (status, error, abort) = match &phase {
         Phase::Starting => ("starting", Value::Null, Value::Null),
+        Phase::Running if entry.stop_requested.load(Ordering::Relaxed) => ("stopping", Value::Null, Value::Null),
         Phase::Running => ("running", Value::Null, Value::Null),
         Phase::Reconnecting => ("reconnecting", Value::Null, Value::Null),
         Phase::Ended(Terminal::EndOfChannel) => ("completed", Value::Null, Value::Null),

@@ -26,7 +26,12 @@ pub struct EventsQuery {
 /// `Last-Event-ID` (header, or the `lastEventId` query parameter for clients that cannot set
 /// headers).
 fn last_event_id(headers: &HeaderMap, query: Option<&str>) -> Result<Option<u64>, ApiError> {
-    let text = header_str(headers, "last-event-id").or(query).map(str::trim).filter(|s| !s.is_empty());
+    parse_last_event_id(header_str(headers, "last-event-id"), query)
+}
+
+/// The resume point from the `Last-Event-ID` header's text, else the query parameter's.
+pub fn parse_last_event_id(header: Option<&str>, query: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let text = header.or(query).map(str::trim).filter(|s| !s.is_empty());
     text.map(|t| t.parse::<u64>().map_err(|_| ApiError::invalid("Last-Event-ID", format!("{t:?} is not an event id"))))
         .transpose()
 }
@@ -110,24 +115,40 @@ fn flag(field: &'static str, value: Option<&str>) -> Result<Option<bool>, ApiErr
     super::parse_flag(value, Some(true)).map_err(|detail| ApiError::invalid(field, detail))
 }
 
+/// A one-shot stream request as the URL and headers give it.
+pub struct OneShot {
+    pub raw: RawSpec,
+    pub share: bool,
+    pub last_event_id: Option<u64>,
+}
+
+impl OneShotQuery {
+    /// The spec's raw fields, the sharing flag and the resume point (`last_event_id_header`
+    /// wins over the query parameter).
+    pub fn into_one_shot(self, last_event_id_header: Option<&str>) -> Result<OneShot, ApiError> {
+        let last_event_id = parse_last_event_id(last_event_id_header, self.last_event_id.as_deref())?;
+        let text = |v: Option<String>| v.map(Value::String);
+        let raw = RawSpec {
+            program: self.program,
+            start: text(self.start),
+            stop: text(self.stop),
+            resolution: text(self.resolution),
+            max_delay: text(self.max_delay),
+            immediate: flag("immediate", self.immediate.as_deref())?,
+            timezone: self.timezone,
+        };
+        let share = flag("share", self.share.as_deref())?.unwrap_or(true);
+        Ok(OneShot { raw, share, last_event_id })
+    }
+}
+
 pub async fn one_shot(
     State(state): State<AppState>,
     tenant: Tenant,
     Query(q): Query<OneShotQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let last = last_event_id(&headers, q.last_event_id.as_deref())?;
-    let text = |v: Option<String>| v.map(Value::String);
-    let raw = RawSpec {
-        program: q.program,
-        start: text(q.start),
-        stop: text(q.stop),
-        resolution: text(q.resolution),
-        max_delay: text(q.max_delay),
-        immediate: flag("immediate", q.immediate.as_deref())?,
-        timezone: q.timezone,
-    };
-    let share = flag("share", q.share.as_deref())?.unwrap_or(true);
+    let OneShot { raw, share, last_event_id: last } = q.into_one_shot(header_str(&headers, "last-event-id"))?;
     let format = format(&headers);
     // A reconnecting EventSource: resume the computation this URL started, if it is still
     // held (running, lingering, or ended and retained), rather than starting another.

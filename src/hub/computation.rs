@@ -57,6 +57,8 @@ pub struct Entry {
     commands: mpsc::Sender<PumpCommand>,
     phase: watch::Sender<Phase>,
     pub subscribers: AtomicUsize,
+    /// A stop was asked for (by a client); the end follows when the upstream confirms.
+    pub stop_requested: AtomicBool,
     /// Requests that joined this computation instead of starting their own.
     pub shared_by: AtomicU64,
     pub last_seq: AtomicU64,
@@ -75,8 +77,22 @@ impl Entry {
     }
 
     /// Short critical section, no await.
-    pub fn metadata(&self) -> MutexGuard<'_, HashMap<Tsid, Arc<MetadataMessage>>> {
+    fn metadata(&self) -> MutexGuard<'_, HashMap<Tsid, Arc<MetadataMessage>>> {
         self.metadata.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every known series' metadata, ordered by TSID. The lock is held only to copy the
+    /// pointers out: rendering (perhaps 100k series) happens after, and the pump never waits
+    /// for a reader.
+    pub fn metadata_snapshot(&self) -> Vec<Arc<MetadataMessage>> {
+        let mut all: Vec<Arc<MetadataMessage>> = self.metadata().values().cloned().collect();
+        all.sort_unstable_by_key(|m| m.tsid);
+        all
+    }
+
+    /// One series' metadata.
+    pub fn series_metadata(&self, tsid: Tsid) -> Option<Arc<MetadataMessage>> {
+        self.metadata().get(&tsid).cloned()
     }
 
     /// Asks the pump for a subscription.
@@ -119,6 +135,7 @@ pub fn start(hub: &Arc<HubInner>, new: NewComputation) -> Arc<Entry> {
         commands: commands_tx,
         phase: watch::Sender::new(Phase::Starting),
         subscribers: AtomicUsize::new(0),
+        stop_requested: AtomicBool::new(false),
         shared_by: AtomicU64::new(0),
         last_seq: AtomicU64::new(0),
         ring_complete: AtomicBool::new(true),

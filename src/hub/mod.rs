@@ -21,7 +21,7 @@ pub use stream::Format;
 pub use tenant::{Pools, Tenant};
 
 use crate::config::{Limits, Settings, StreamSettings};
-use crate::upstream::{Pool, UpstreamError};
+use crate::upstream::UpstreamError;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,15 +31,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// The hub's share of the settings: the configured limits and stream settings as they are,
-/// plus two waits derived from the upstream settings.
+/// plus the readiness wait derived from the upstream settings.
 #[derive(Debug, Clone)]
 pub struct HubSettings {
     pub limits: Limits,
     pub stream: StreamSettings,
     /// How long a create waits for an authenticated upstream socket before answering 503.
     pub ready_wait: Duration,
-    /// How long a stop waits for the job's end.
-    pub stop_wait: Duration,
 }
 
 impl HubSettings {
@@ -48,7 +46,6 @@ impl HubSettings {
             limits: s.limits.clone(),
             stream: s.stream.clone(),
             ready_wait: s.upstream.connect_timeout.min(Duration::from_secs(5)),
-            stop_wait: Duration::from_secs(5),
         }
     }
 }
@@ -103,6 +100,18 @@ impl From<TooManyTenants> for HubError {
     }
 }
 
+/// One create under way; identical creates wait for its outcome.
+type InFlight = tokio::sync::OnceCell<Result<Arc<Entry>, HubError>>;
+
+/// Releases a create's place against `max_computations` when dropped.
+struct Reservation<'a>(&'a AtomicUsize);
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The result of a create.
 pub struct Created {
     pub entry: Arc<Entry>,
@@ -115,8 +124,10 @@ pub struct HubInner {
     pub settings: HubSettings,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     by_key: Mutex<HashMap<SpecKey, String>>,
-    /// Serialises creates so two identical requests cannot both start a job.
-    creating: tokio::sync::Mutex<()>,
+    /// Creates under way, by sharing key: identical concurrent creates share one outcome.
+    creating: Mutex<HashMap<SpecKey, Arc<InFlight>>>,
+    /// Creates counted against `max_computations` whose entry is not registered yet.
+    starting: AtomicUsize,
     pub total_subscribers: AtomicUsize,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
@@ -158,7 +169,8 @@ impl Hub {
                 settings,
                 entries: Mutex::new(HashMap::new()),
                 by_key: Mutex::new(HashMap::new()),
-                creating: tokio::sync::Mutex::new(()),
+                creating: Mutex::new(HashMap::new()),
+                starting: AtomicUsize::new(0),
                 total_subscribers: AtomicUsize::new(0),
                 tracker: TaskTracker::new(),
                 shutdown,
@@ -206,24 +218,66 @@ impl Hub {
     /// Starts a computation, or joins an identical one that is running (when `share` is set and
     /// the running one can still show a new subscriber everything from its start, or is live
     /// from "now").
+    ///
+    /// Creates of different specs never wait for each other: nothing is locked across an await.
+    /// Identical concurrent creates coalesce: the first one starts the job and every other one
+    /// waits for that one outcome (should the first be cancelled, the next takes over).
     pub async fn create(&self, spec: ComputationSpec, tenant: &Tenant, share: bool) -> Result<Created, HubError> {
         if self.inner.shutdown.is_cancelled() {
             return Err(HubError::ShuttingDown);
         }
         let now = crate::clock::now_ms();
         let key = spec.key(&tenant.id, now);
-        let _creating = self.inner.creating.lock().await;
-        if share && let Some(entry) = self.shareable(&key) {
-            entry.shared_by.fetch_add(1, Ordering::Relaxed);
-            self.inner.stats.computations_shared.fetch_add(1, Ordering::Relaxed);
-            return Ok(Created { entry, new: false });
+        if !share {
+            let entry = self.start(spec, key, tenant, now, false).await?;
+            return Ok(Created { entry, new: true });
         }
-        let max = self.inner.settings.limits.max_computations;
-        if lock(&self.inner.entries).values().filter(|e| !e.is_ended()).count() >= max {
-            return Err(HubError::TooManyComputations(max));
+        let in_flight = {
+            let mut creating = lock(&self.inner.creating);
+            if let Some(entry) = self.shareable(&key) {
+                return Ok(self.joined(entry));
+            }
+            creating.entry(key.clone()).or_default().clone()
+        };
+        let mut started_here = false;
+        let outcome = in_flight
+            .get_or_init(|| {
+                started_here = true;
+                self.start(spec, key.clone(), tenant, now, true)
+            })
+            .await
+            .clone();
+        {
+            let mut creating = lock(&self.inner.creating);
+            if creating.get(&key).is_some_and(|c| Arc::ptr_eq(c, &in_flight)) {
+                creating.remove(&key);
+            }
         }
+        let entry = outcome?;
+        Ok(if started_here { Created { entry, new: true } } else { self.joined(entry) })
+    }
+
+    fn joined(&self, entry: Arc<Entry>) -> Created {
+        entry.shared_by.fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.computations_shared.fetch_add(1, Ordering::Relaxed);
+        Created { entry, new: false }
+    }
+
+    /// Starts the upstream job and registers its computation.
+    async fn start(
+        &self,
+        spec: ComputationSpec,
+        key: SpecKey,
+        tenant: &Tenant,
+        now: i64,
+        share: bool,
+    ) -> Result<Arc<Entry>, HubError> {
+        let _reserved = self.reserve_slot()?;
         let pool = self.inner.pools.for_tenant(tenant)?;
-        Self::wait_ready(&pool, self.inner.settings.ready_wait).await?;
+        if !pool.wait_ready(self.inner.settings.ready_wait).await {
+            let reason = pool.status().last_error.unwrap_or_else(|| "not connected yet".into());
+            return Err(HubError::UpstreamUnavailable(reason));
+        }
         let computation = pool.execute(spec.to_execute(now)).await.map_err(|e| match e {
             UpstreamError::PoolFull(_) => HubError::UpstreamFull(e.to_string()),
             UpstreamError::Closed => HubError::ShuttingDown,
@@ -246,7 +300,20 @@ impl Hub {
         }
         self.inner.stats.computations_created.fetch_add(1, Ordering::Relaxed);
         tracing::info!(computation = %entry.id, "computation created");
-        Ok(Created { entry, new: true })
+        Ok(entry)
+    }
+
+    /// Counts a create against `max_computations` until its entry is registered (or it fails),
+    /// so concurrent creates cannot overshoot the limit.
+    fn reserve_slot(&self) -> Result<Reservation<'_>, HubError> {
+        let max = self.inner.settings.limits.max_computations;
+        let reservation = Reservation(&self.inner.starting);
+        let starting = self.inner.starting.fetch_add(1, Ordering::AcqRel);
+        let live = lock(&self.inner.entries).values().filter(|e| !e.is_ended()).count();
+        if live + starting >= max {
+            return Err(HubError::TooManyComputations(max));
+        }
+        Ok(reservation)
     }
 
     fn shareable(&self, key: &SpecKey) -> Option<Arc<Entry>> {
@@ -255,18 +322,6 @@ impl Hub {
         let whole_history = entry.ring_complete.load(Ordering::Relaxed);
         let from_now = entry.spec.start.is_none();
         (!entry.is_ended() && (whole_history || from_now)).then_some(entry)
-    }
-
-    async fn wait_ready(pool: &Pool, wait: Duration) -> Result<(), HubError> {
-        let deadline = tokio::time::Instant::now() + wait;
-        while !pool.is_ready() {
-            if tokio::time::Instant::now() >= deadline {
-                let reason = pool.status().last_error.unwrap_or_else(|| "not connected yet".into());
-                return Err(HubError::UpstreamUnavailable(reason));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(())
     }
 
     /// Waits (at most `start_wait`) until the job has started or ended; returns its phase.
@@ -326,13 +381,12 @@ impl Hub {
         counts
     }
 
-    /// Stops a computation for every subscriber and waits (bounded) for its end.
-    pub async fn stop(&self, entry: &Entry, reason: &str) -> Phase {
+    /// Stops a computation for every subscriber. Returns once the stop is on its way: the
+    /// stream ends with `CHANNEL_ABORT` and the reason when the service confirms, or when the
+    /// upstream's stop wait runs out.
+    pub async fn stop(&self, entry: &Entry, reason: &str) {
+        entry.stop_requested.store(true, Ordering::Relaxed);
         entry.control.stop(reason).await;
-        let mut phase = entry.watch_phase();
-        let ended = phase.wait_for(|p| matches!(p, Phase::Ended(_)));
-        let _ = tokio::time::timeout(self.inner.settings.stop_wait, ended).await;
-        entry.phase()
     }
 
     /// Forgets a computation now (a create that failed with a program error).

@@ -223,6 +223,15 @@ pub fn render(event: &UpstreamEvent, now_ms: i64, buf: &mut Vec<u8>) -> &'static
             buf.extend_from_slice(&notice("UPSTREAM_RESUMED", now_ms, extra));
             return "gateway";
         }
+        UpstreamEvent::StopEnforced { stop_ms, logical_timestamp_ms } => {
+            let extra = json!({
+                "stopMs": stop_ms,
+                "logicalTimestampMs": logical_timestamp_ms,
+                "message": "the service sent data at or after the stop time; the gateway ended the computation there",
+            });
+            buf.extend_from_slice(&notice("STOP_ENFORCED", now_ms, extra));
+            return "gateway";
+        }
         UpstreamEvent::Ended(terminal) => terminal_json(terminal, now_ms),
     };
     // serde_json writes into a Vec without failing.

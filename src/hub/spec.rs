@@ -9,6 +9,12 @@ use time::format_description::well_known::Rfc3339;
 
 /// The service's limit on `maxDelay`.
 pub const MAX_DELAY_LIMIT_MS: i64 = 900_000;
+/// The finest resolution accepted: one second.
+pub const MIN_RESOLUTION_MS: i64 = 1_000;
+/// The coarsest resolution accepted: one day.
+pub const MAX_RESOLUTION_MS: i64 = 86_400_000;
+/// How far from now `start` and `stop` may lie, either way: ten years.
+pub const MAX_TIME_OFFSET_MS: i64 = 10 * 366 * 86_400_000;
 
 /// A point in time as given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -137,6 +143,13 @@ impl ComputationSpec {
         };
         let start = time("start", raw.start)?;
         let stop = time("stop", raw.stop)?;
+        for (field, t) in [("start", start), ("stop", stop)] {
+            if let Some(t) = t
+                && t.resolve(now_ms).abs_diff(now_ms) > MAX_TIME_OFFSET_MS as u64
+            {
+                return Err(invalid(field, "must be within 10 years of now"));
+            }
+        }
         if let (Some(a), Some(b)) = (start, stop)
             && a.resolve(now_ms) >= b.resolve(now_ms)
         {
@@ -145,16 +158,22 @@ impl ComputationSpec {
         let duration = |field, v: Option<Value>| {
             v.filter(|v| !v.is_null()).map(|v| parse_duration_ms(&v).map_err(|p| invalid(field, p))).transpose()
         };
-        let resolution_ms = duration("resolution", raw.resolution)?.filter(|ms| *ms > 0);
+        let resolution_ms = duration("resolution", raw.resolution)?;
+        if resolution_ms.is_some_and(|ms| !(MIN_RESOLUTION_MS..=MAX_RESOLUTION_MS).contains(&ms)) {
+            return Err(invalid(
+                "resolution",
+                format!("must be from {MIN_RESOLUTION_MS} ms (1s) to {MAX_RESOLUTION_MS} ms (1d)"),
+            ));
+        }
         let max_delay_ms = duration("maxDelay", raw.max_delay)?;
         if max_delay_ms.is_some_and(|ms| ms > MAX_DELAY_LIMIT_MS) {
-            return Err(invalid("maxDelay", format!("must be at most {MAX_DELAY_LIMIT_MS} ms")));
+            return Err(invalid("maxDelay", format!("must be from 0 to {MAX_DELAY_LIMIT_MS} ms (15m)")));
         }
         let timezone = raw.timezone.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty());
         if let Some(tz) = &timezone
-            && (tz.len() > 64 || !tz.chars().all(|c| c.is_ascii_alphanumeric() || "/_-+:".contains(c)))
+            && (tz.len() > 64 || jiff::tz::TimeZone::get(tz).is_err())
         {
-            return Err(invalid("timezone", format!("{tz:?} is not an IANA time zone name")));
+            return Err(invalid("timezone", format!("{tz:?} is not a time zone of the IANA database")));
         }
         Ok(ComputationSpec {
             program,
@@ -259,6 +278,25 @@ mod tests {
         assert_eq!(err(RawSpec { resolution: Some(json!("fast")), ..raw("p") }), "resolution");
         assert_eq!(err(RawSpec { max_delay: Some(json!("1h")), ..raw("p") }), "maxDelay");
         assert_eq!(err(RawSpec { timezone: Some("Europe/Paris; DROP".into()), ..raw("p") }), "timezone");
+        assert_eq!(err(RawSpec { timezone: Some("Mars/Olympus".into()), ..raw("p") }), "timezone");
+        assert_eq!(err(RawSpec { resolution: Some(json!(1e15)), ..raw("p") }), "resolution");
+        assert_eq!(err(RawSpec { resolution: Some(json!(999)), ..raw("p") }), "resolution");
+        assert_eq!(err(RawSpec { resolution: Some(json!("2d")), ..raw("p") }), "resolution");
+        assert_eq!(err(RawSpec { start: Some(json!("-11y")), ..raw("p") }), "start");
+        assert_eq!(err(RawSpec { stop: Some(json!(i64::MAX)), ..raw("p") }), "stop");
+    }
+
+    #[test]
+    fn bounds_are_inclusive_and_real_time_zones_pass() {
+        let ok = |r: RawSpec| ComputationSpec::from_raw(r, 100, 1_700_000_000_000).unwrap();
+        assert_eq!(ok(RawSpec { resolution: Some(json!("1s")), ..raw("p") }).resolution_ms, Some(1_000));
+        assert_eq!(ok(RawSpec { resolution: Some(json!("1d")), ..raw("p") }).resolution_ms, Some(86_400_000));
+        assert_eq!(ok(RawSpec { max_delay: Some(json!(0)), ..raw("p") }).max_delay_ms, Some(0));
+        assert_eq!(ok(RawSpec { max_delay: Some(json!("15m")), ..raw("p") }).max_delay_ms, Some(900_000));
+        for tz in ["UTC", "Europe/Paris", "America/Argentina/Buenos_Aires", "Etc/GMT+5"] {
+            assert_eq!(ok(RawSpec { timezone: Some(tz.into()), ..raw("p") }).timezone.as_deref(), Some(tz));
+        }
+        assert!(ok(RawSpec { start: Some(json!("-9y")), stop: Some(json!("+9y")), ..raw("p") }).start.is_some());
     }
 
     #[test]

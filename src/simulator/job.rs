@@ -179,7 +179,7 @@ impl JobRun {
         let mut t = self.timeline.first_ms;
         let mut first = true;
         loop {
-            if self.timeline.stop_ms.is_some_and(|stop| t >= stop) {
+            if self.timeline.stop_ms.is_some_and(|stop| t >= stop) && !self.state.faults().ignore_stop_time {
                 return self.control(control::END_OF_CHANNEL, |_| {}).await;
             }
             let lag = self.state.faults().lag_ms as i64;

@@ -76,6 +76,8 @@ impl RequestHandler {
             Request::Preflight(execute) => self.execute(execute, true).await,
             Request::Start(start) => self.start(start).await,
             Request::Attach(attach) => self.attach(attach).await,
+            Request::Detach(_) if self.state.faults().ignore_detach => Ok(()),
+            Request::Stop(_) if self.state.faults().ignore_stop_requests => Ok(()),
             Request::Detach(detach) => {
                 if let Some((_, stop)) = self.channels.remove(&detach.channel) {
                     stop.end(Ending::Detached);
@@ -136,6 +138,7 @@ impl RequestHandler {
         context: Option<Map<String, Value>>,
     ) {
         let listed = json!({ "code": error_type, "message": message, "context": context });
+        let channel = if self.state.faults().channelless_errors { "" } else { channel };
         let error = ErrorMessage {
             channel: channel.to_owned(),
             error: Some(code),

@@ -110,6 +110,7 @@ impl ConnectionActor {
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         keepalive.tick().await;
         loop {
+            let reading = !(self.handler.is_authenticated() && self.state.faults().stop_reading);
             let exit = tokio::select! {
                 _ = self.kill.cancelled() => Exit::Stop,
                 _ = &mut writer => Exit::Stop,
@@ -118,7 +119,7 @@ impl ConnectionActor {
                 }
                 _ = keepalive.tick() => self.keepalive(),
                 Some(command) = commands.recv() => self.command(command).await,
-                message = stream.next() => match message {
+                message = stream.next(), if reading => match message {
                     Some(Ok(message)) => self.message(message).await,
                     Some(Err(_)) | None => Exit::Stop,
                 },

@@ -81,8 +81,19 @@ pub struct Faults {
     pub lag_ms: u64,
     /// Drop every connection abruptly every this many ms. `None`: never.
     pub drop_every_ms: Option<u64>,
-    /// Stop sending `KEEP_ALIVE` frames.
+    /// Stop sending `KEEP_ALIVE` frames (like a service that relies on websocket pings alone).
     pub pause_keepalive: bool,
+    /// Send `error` messages without their channel (as the Go client's `FakeBackend` does).
+    pub channelless_errors: bool,
+    /// Stream past a job's `stop` time and never send `END_OF_CHANNEL`.
+    pub ignore_stop_time: bool,
+    /// Ignore `stop` requests: no `CHANNEL_ABORT`, the job runs on.
+    pub ignore_stop_requests: bool,
+    /// Ignore `detach` requests: the job runs on and its messages keep coming.
+    pub ignore_detach: bool,
+    /// Stop reading authenticated connections: requests and websocket pings go unanswered (a
+    /// hung service behind a socket that stays open).
+    pub stop_reading: bool,
 }
 
 impl Default for Faults {
@@ -95,6 +106,11 @@ impl Default for Faults {
             lag_ms: 0,
             drop_every_ms: None,
             pause_keepalive: false,
+            channelless_errors: false,
+            ignore_stop_time: false,
+            ignore_stop_requests: false,
+            ignore_detach: false,
+            stop_reading: false,
         }
     }
 }

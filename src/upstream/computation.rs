@@ -92,6 +92,12 @@ pub enum UpstreamEvent {
         gap_ms: i64,
         outage_ms: i64,
     },
+    /// The service sent data stamped at or after the job's `stop` (it ignored it): that data
+    /// was not forwarded, and the computation ends here with `END_OF_CHANNEL`.
+    StopEnforced {
+        stop_ms: i64,
+        logical_timestamp_ms: i64,
+    },
     /// The last event.
     Ended(Terminal),
 }
@@ -255,6 +261,19 @@ impl EventReceiver {
                 }
             }
         }
+    }
+
+    /// The next event if one is ready, without waiting (same order and end as [`Self::recv`]).
+    pub(crate) fn try_next(&mut self) -> Option<UpstreamEvent> {
+        if self.ended {
+            return None;
+        }
+        if let Ok(event) = self.events.try_recv() {
+            return Some(self.note(event));
+        }
+        let terminal = self.terminal.borrow_and_update().clone()?;
+        self.ended = true;
+        Some(UpstreamEvent::Ended(terminal))
     }
 
     fn note(&mut self, event: UpstreamEvent) -> UpstreamEvent {

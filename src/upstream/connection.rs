@@ -16,6 +16,7 @@ use super::limits::{Backoff, delay_for};
 use super::pool::PoolContext;
 use super::record::{Outcome, PendingStop, Record, RetryKind};
 use crate::protocol::binary::decode_frame;
+use crate::protocol::control::ControlEvent;
 use crate::protocol::messages::{ServerMessage, from_binary};
 use crate::protocol::requests::{AuthenticateRequest, DetachRequest, Request, StopRequest};
 use crate::protocol::{ChannelName, DecodeLimits};
@@ -278,11 +279,13 @@ impl SlotTask {
 
     async fn connected(&mut self, mut ws: WsStream) -> Left {
         self.shared.authenticated.store(true, Ordering::Relaxed);
+        self.ctx.readiness_changed();
         self.shared.capacity.store(self.ctx.config.max_channels_per_connection, Ordering::Relaxed);
         self.ctx.stats.sockets_open.fetch_add(1, Ordering::Relaxed);
         let left = self.connected_loop(&mut ws).await;
         self.ctx.stats.sockets_open.fetch_sub(1, Ordering::Relaxed);
         self.shared.authenticated.store(false, Ordering::Relaxed);
+        self.ctx.readiness_changed();
         if matches!(left, Left::Idle | Left::Shutdown) {
             let close = CloseFrame { code: CloseCode::Normal, reason: "".into() };
             let _ = tokio::time::timeout(self.ctx.config.write_timeout, ws.close(Some(close))).await;
@@ -301,11 +304,15 @@ impl SlotTask {
             }
         }
         let read_timeout = self.ctx.config.read_timeout;
+        // A socket silent for half the read timeout is pinged: a service that sends no
+        // `KEEP_ALIVE` still answers pings, and the pong counts as a frame.
+        let ping_after = read_timeout / 2;
         let read_deadline = tokio::time::sleep(read_timeout);
+        let ping_timer = tokio::time::sleep(ping_after);
         let start_timer = tokio::time::sleep(Duration::ZERO);
         let stop_timer = tokio::time::sleep(Duration::from_secs(3600));
         let idle_timer = tokio::time::sleep(self.ctx.config.idle_timeout);
-        tokio::pin!(read_deadline, start_timer, stop_timer, idle_timer);
+        tokio::pin!(read_deadline, ping_timer, start_timer, stop_timer, idle_timer);
         let cancel = self.ctx.cancel.clone();
         loop {
             if let Err(left) = self.start_pending(ws, start_timer.as_mut()).await {
@@ -321,9 +328,15 @@ impl SlotTask {
                 _ = cancel.cancelled() => return self.shut_down(ws).await,
                 frame = ws.next() => {
                     read_deadline.as_mut().reset((Instant::now() + read_timeout).into());
+                    ping_timer.as_mut().reset((Instant::now() + ping_after).into());
                     self.frame(ws, frame).await
                 }
                 _ = &mut read_deadline => Err(Left::Lost(format!("no frame for {read_timeout:?}"))),
+                _ = &mut ping_timer => {
+                    ping_timer.as_mut().reset((Instant::now() + ping_after).into());
+                    self.ctx.stats.pings_sent.fetch_add(1, Ordering::Relaxed);
+                    self.send_message(ws, Message::Ping(Default::default())).await
+                }
                 Some(command) = self.commands.recv() => {
                     idle_timer.as_mut().reset((Instant::now() + self.ctx.config.idle_timeout).into());
                     self.command(ws, command).await
@@ -346,7 +359,10 @@ impl SlotTask {
     }
 
     async fn write(&self, ws: &mut WsStream, request: &Request) -> Result<(), Left> {
-        let message = Message::Text(request.to_json().into());
+        self.send_message(ws, Message::Text(request.to_json().into())).await
+    }
+
+    async fn send_message(&self, ws: &mut WsStream, message: Message) -> Result<(), Left> {
         match tokio::time::timeout(self.ctx.config.write_timeout, ws.send(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Left::Lost(format!("write failed: {e}"))),
@@ -414,17 +430,52 @@ impl SlotTask {
                 return Ok(());
             }
         };
-        let Some(id) =
-            message.channel().and_then(|c| ChannelName::new(c).ok()).and_then(|c| self.channels.get(&c).copied())
-        else {
-            if message.channel().is_some() {
-                self.ctx.stats.unknown_channel_frames.fetch_add(1, Ordering::Relaxed);
-            }
-            return Ok(());
+        let Some(channel) = message.channel() else {
+            return self.channelless(ws, message).await;
+        };
+        let Some(id) = ChannelName::new(channel).ok().and_then(|c| self.channels.get(&c).copied()) else {
+            return self.unknown_channel(ws, message).await;
         };
         let Some(record) = self.records.get_mut(&id) else { return Ok(()) };
         let outcome = record.on_message(message);
         self.outcome(ws, id, outcome).await
+    }
+
+    /// A message that names no channel. An `error` is logged and counted; when exactly one
+    /// execute on this socket still waits for its `JOB_START`, it can only be that one's.
+    async fn channelless(&mut self, ws: &mut WsStream, message: ServerMessage) -> Result<(), Left> {
+        let ServerMessage::Error(error) = &message else { return Ok(()) };
+        self.ctx.stats.channelless_errors.fetch_add(1, Ordering::Relaxed);
+        let mut waiting = self.records.values().filter(|r| r.channel.is_some() && r.handle.is_none());
+        let only = match (waiting.next(), waiting.next()) {
+            (Some(record), None) => Some(record.shared.id),
+            _ => None,
+        };
+        tracing::warn!(
+            slot = self.shared.id,
+            code = error.code(),
+            error_type = error.error_type().unwrap_or(""),
+            message = error.message_text().unwrap_or(""),
+            delivered_to = only,
+            "the service sent an error that names no channel"
+        );
+        let Some(id) = only else { return Ok(()) };
+        let Some(record) = self.records.get_mut(&id) else { return Ok(()) };
+        let outcome = record.on_message(message);
+        self.outcome(ws, id, outcome).await
+    }
+
+    /// A message for a channel this socket does not (or no longer) route. A `JOB_START` there
+    /// is a job nobody will read (the gateway gave up on its channel before it started): stop
+    /// it, or it would run on upstream for nothing.
+    async fn unknown_channel(&mut self, ws: &mut WsStream, message: ServerMessage) -> Result<(), Left> {
+        self.ctx.stats.unknown_channel_frames.fetch_add(1, Ordering::Relaxed);
+        let ServerMessage::Control(control) = &message else { return Ok(()) };
+        let ControlEvent::JobStart { handle } = control.kind() else { return Ok(()) };
+        self.ctx.stats.orphan_jobs_stopped.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(slot = self.shared.id, handle, "stopping a job that started on an abandoned channel");
+        let reason = "the gateway had given up on this job's channel".to_owned();
+        self.write(ws, &Request::Stop(StopRequest { handle: handle.to_owned(), reason: Some(reason) })).await
     }
 
     async fn outcome(&mut self, ws: &mut WsStream, id: u64, outcome: Outcome) -> Result<(), Left> {
@@ -435,6 +486,9 @@ impl SlotTask {
             }
             Outcome::Finished { stop } => {
                 let channel = self.records.get(&id).and_then(|r| r.channel);
+                if self.records.get(&id).is_some_and(|r| r.stop_enforced) {
+                    self.ctx.stats.stops_enforced.fetch_add(1, Ordering::Relaxed);
+                }
                 self.remove(id);
                 match (stop, channel) {
                     (Some((Some(handle), reason)), _) => {

@@ -11,7 +11,7 @@ use secrecy::SecretString;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -87,6 +87,14 @@ pub struct PoolStats {
     pub start_refusals: AtomicU64,
     pub unknown_channel_frames: AtomicU64,
     pub undecodable_frames: AtomicU64,
+    /// `error` messages that named no channel.
+    pub channelless_errors: AtomicU64,
+    /// Jobs that started on a channel the gateway had already given up on, stopped at once.
+    pub orphan_jobs_stopped: AtomicU64,
+    /// Bounded computations ended by the gateway because the service streamed past `stop`.
+    pub stops_enforced: AtomicU64,
+    /// Websocket pings sent on idle sockets.
+    pub pings_sent: AtomicU64,
 }
 
 /// What slots share with the pool.
@@ -97,6 +105,9 @@ pub(crate) struct PoolContext {
     pub stats: PoolStats,
     pub cancel: CancellationToken,
     last_error: Mutex<Option<String>>,
+    /// Bumped whenever a socket becomes authenticated or stops being so: what readiness waits
+    /// on instead of polling.
+    readiness: watch::Sender<u64>,
 }
 
 impl PoolContext {
@@ -120,6 +131,12 @@ impl PoolContext {
             self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
         }
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+        self.readiness.send_modify(|n| *n += 1);
+    }
+
+    /// A socket's authentication state changed.
+    pub fn readiness_changed(&self) {
+        self.readiness.send_modify(|n| *n += 1);
     }
 }
 
@@ -159,6 +176,7 @@ impl Pool {
             stats: PoolStats::default(),
             cancel,
             last_error: Mutex::new(None),
+            readiness: watch::Sender::new(0),
         });
         let pool = Pool {
             ctx,
@@ -230,6 +248,21 @@ impl Pool {
     /// True while at least one socket is authenticated.
     pub fn is_ready(&self) -> bool {
         self.lock_slots().iter().any(|s| s.authenticated.load(Ordering::Relaxed))
+    }
+
+    /// Waits at most `wait` for an authenticated socket, woken by each change of a socket's
+    /// state (no polling). True once one is authenticated.
+    pub async fn wait_ready(&self, wait: Duration) -> bool {
+        let mut changes = self.ctx.readiness.subscribe();
+        let ready = async {
+            // Subscribed before the check, so a change between the two is not missed.
+            while !self.is_ready() {
+                if changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::time::timeout(wait, ready).await.is_ok()
     }
 
     pub fn status(&self) -> PoolStatus {

@@ -72,6 +72,8 @@ pub struct Record {
     outage_started: Option<Instant>,
     resumed_pending: bool,
     batches: Vec<Batch>,
+    /// The gateway ended this computation at its stop time (see [`Record::enforce_stop`]).
+    pub stop_enforced: bool,
 }
 
 impl Record {
@@ -89,6 +91,7 @@ impl Record {
             outage_started: None,
             resumed_pending: false,
             batches: Vec::new(),
+            stop_enforced: false,
         }
     }
 
@@ -268,6 +271,16 @@ impl Record {
             if self.resume_floor.is_some_and(|floor| ts <= floor) {
                 continue;
             }
+            // Timestamps only move forward on a channel; one the consumer already has (a
+            // service repeating itself) is never delivered twice.
+            if self.last_delivered.is_some_and(|last| ts <= last) {
+                continue;
+            }
+            if let Some(stop) = self.shared.spec.stop
+                && ts >= stop
+            {
+                return Err(self.enforce_stop(stop, ts));
+            }
             if self.resumed_pending {
                 self.resumed_pending = false;
                 let expected = self.last_delivered.map(|last| last + self.resolution());
@@ -280,6 +293,19 @@ impl Record {
             self.emit(UpstreamEvent::Data(batch))?;
         }
         Ok(())
+    }
+
+    /// The service streamed past the job's stop time (it ignored it): end the computation as
+    /// the service should have, say why, and stop the job upstream.
+    fn enforce_stop(&mut self, stop_ms: i64, logical_timestamp_ms: i64) -> Outcome {
+        let reason = "the service streamed past the job's stop time";
+        tracing::warn!(computation = self.shared.id, stop_ms, logical_timestamp_ms, "{reason}; ending it here");
+        self.stop_enforced = true;
+        if let Err(outcome) = self.emit(UpstreamEvent::StopEnforced { stop_ms, logical_timestamp_ms }) {
+            return outcome;
+        }
+        self.shared.finish(Terminal::EndOfChannel);
+        Outcome::Finished { stop: Some((self.handle.clone(), reason.into())) }
     }
 
     fn resolution(&self) -> i64 {

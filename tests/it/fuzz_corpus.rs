@@ -34,3 +34,13 @@ fn parse_server_message_seed_corpus() {
 fn parse_program_seed_corpus() {
     run_corpus("parse_program", fuzz_targets::parse_program);
 }
+
+#[test]
+fn http_request_seed_corpus() {
+    run_corpus("http_request", fuzz_targets::http_request);
+}
+
+#[test]
+fn upstream_record_seed_corpus() {
+    run_corpus("upstream_record", fuzz_targets::upstream_record);
+}

@@ -167,15 +167,17 @@ async fn delete_ends_every_stream_with_the_reason() {
     b.until_data(1).await;
     let r = gw.http.delete(gw.url(&format!("/computations/{id}?reason=maintenance%20window"))).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    // The answer does not wait for the service to confirm the stop.
     let body: Json = r.json().await.unwrap();
-    assert_eq!(body["status"], "aborted");
-    assert_eq!(body["abort"]["reason"], "maintenance window");
+    assert!(matches!(body["status"].as_str(), Some("stopping" | "aborted")), "{body}");
     for stream in [&mut a, &mut b] {
         let rest = stream.rest().await;
         let last = rest.last().unwrap();
         assert_eq!(last.data["event"], "CHANNEL_ABORT");
         assert_eq!(last.data["abortInfo"]["sf_job_abortReason"], "maintenance window");
     }
+    let read = gw.get_json(&format!("/computations/{id}")).await;
+    assert_eq!((&read["status"], &read["abort"]["reason"]), (&json!("aborted"), &json!("maintenance window")));
     let again = gw.http.delete(gw.url(&format!("/computations/{id}"))).send().await.unwrap();
     assert_eq!(again.status(), 409);
     eventually("the upstream job is gone", || async { gw.get_json("/_sim/jobs").await.as_array().unwrap().is_empty() })
@@ -201,7 +203,8 @@ async fn a_stalled_subscriber_is_dropped_without_slowing_a_fast_one() {
     // like an EventSource, resumes with Last-Event-ID: it still gets every timestamp once.
     let (events, _reconnects) = gw.sse_following(&format!("/computations/{id}/events")).await;
     let ts = data_timestamps(&events);
-    assert_eq!(ts.len(), 3000);
+    let notices: Vec<&Sse> = events.iter().filter(|e| e.event == "gateway").collect();
+    assert_eq!(ts.len(), 3000, "ended with {:?}; notices {notices:?}", events.last());
     assert!(ts.windows(2).all(|w| w[1] == w[0] + 1000));
     assert_eq!(events.last().unwrap().data["event"], "END_OF_CHANNEL");
     // The stalled one was disconnected, not waited for.
@@ -235,116 +238,6 @@ async fn killed_upstream_sockets_show_notices_and_no_duplicate_timestamp() {
     assert_eq!(notice.data["gapMs"], 0);
     let ts = data_timestamps(&events);
     assert!(ts.windows(2).all(|w| w[1] == w[0] + 1000), "no duplicate and no hole: {ts:?}");
-    gw.stop().await;
-}
-
-#[tokio::test]
-async fn every_bad_request_gets_its_problem_body_and_the_server_stays_healthy() {
-    let mut settings = test_settings();
-    settings.limits.max_body_bytes = 2048;
-    settings.limits.max_program_bytes = 512;
-    let gw = spawn_gateway(settings).await;
-    let (_, c) = create(&gw, json!({"program": PROGRAM})).await;
-    let id = c["id"].as_str().unwrap().to_owned();
-    let json_ct = ("content-type", "application/json");
-    // (method, path, headers, body, status, problem slug)
-    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, String, u16, &'a str);
-    let cases: Vec<Case> = vec![
-        ("POST", "/computations".into(), vec![json_ct], "{".into(), 400, "malformed-json"),
-        (
-            "POST",
-            "/computations".into(),
-            vec![("content-type", "text/plain")],
-            "{}".into(),
-            415,
-            "unsupported-media-type",
-        ),
-        ("POST", "/computations".into(), vec![], "{}".into(), 415, "unsupported-media-type"),
-        ("POST", "/computations".into(), vec![json_ct], "{}".into(), 400, "invalid-request"),
-        ("POST", "/computations".into(), vec![json_ct], "[1]".into(), 400, "invalid-request"),
-        (
-            "POST",
-            "/computations".into(),
-            vec![json_ct],
-            r#"{"program":"x","start":"yesterday"}"#.into(),
-            400,
-            "invalid-request",
-        ),
-        (
-            "POST",
-            "/computations".into(),
-            vec![json_ct],
-            r#"{"program":"x","resolution":"fast"}"#.into(),
-            400,
-            "invalid-request",
-        ),
-        ("POST", "/computations".into(), vec![json_ct], r#"{"program":"x","bogus":1}"#.into(), 400, "invalid-request"),
-        (
-            "POST",
-            "/computations".into(),
-            vec![json_ct],
-            format!(r#"{{"program":"{}"}}"#, "x".repeat(4000)),
-            413,
-            "body-too-large",
-        ),
-        (
-            "POST",
-            "/computations".into(),
-            vec![json_ct],
-            format!(r#"{{"program":"{}"}}"#, "x".repeat(600)),
-            413,
-            "program-too-large",
-        ),
-        (
-            "POST",
-            "/computations".into(),
-            vec![json_ct],
-            r#"{"program":"dta('x').publish()"}"#.into(),
-            400,
-            "program-error",
-        ),
-        ("GET", "/computations/nope".into(), vec![], String::new(), 404, "not-found"),
-        ("GET", "/computations/nope/events".into(), vec![], String::new(), 404, "not-found"),
-        ("GET", format!("/computations/{id}/metadata/not-a-tsid"), vec![], String::new(), 400, "invalid-request"),
-        ("GET", format!("/computations/{id}/metadata/AAAAAAAAAAE"), vec![], String::new(), 404, "not-found"),
-        (
-            "GET",
-            format!("/computations/{id}/events"),
-            vec![("last-event-id", "abc")],
-            String::new(),
-            400,
-            "invalid-request",
-        ),
-        ("GET", "/computations/stream".into(), vec![], String::new(), 400, "invalid-request"),
-        ("GET", "/computations/stream?program=x&immediate=maybe".into(), vec![], String::new(), 400, "invalid-request"),
-        ("GET", "/computations/stream?program=x&colour=red".into(), vec![], String::new(), 400, "invalid-request"),
-        ("DELETE", "/computations".into(), vec![], String::new(), 405, "method-not-allowed"),
-        ("POST", "/computations/stream".into(), vec![], String::new(), 405, "method-not-allowed"),
-        ("GET", "/nope".into(), vec![], String::new(), 404, "not-found"),
-    ];
-    for (method, path, headers, body, status, slug) in cases {
-        let mut request = gw.http.request(method.parse().unwrap(), gw.url(&path)).body(body.clone());
-        for (k, v) in &headers {
-            request = request.header(*k, *v);
-        }
-        let response = request.send().await.unwrap();
-        let what = format!("{method} {path} {headers:?} {}", &body[..body.len().min(60)]);
-        assert_eq!(response.status().as_u16(), status, "{what}");
-        assert_eq!(response.headers()["content-type"], "application/problem+json", "{what}");
-        let problem: Json = response.json().await.unwrap();
-        assert_eq!(problem["type"], format!("/problems/{slug}"), "{what}: {problem}");
-        assert_eq!(problem["status"], status, "{what}");
-        assert!(problem["title"].is_string() && problem["detail"].is_string(), "{what}: {problem}");
-        if slug == "program-error" {
-            assert_eq!((problem["line"].as_i64(), problem["column"].as_i64()), (Some(1), Some(1)));
-        }
-    }
-    let health = gw.http.get(gw.url("/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
-    let (status, _) = create(&gw, json!({"program": "data('memory.utilization').max().publish()"})).await;
-    assert_eq!(status, 201);
-    // The computation created before is untouched.
-    assert_eq!(gw.get_json(&format!("/computations/{id}")).await["status"], "running");
     gw.stop().await;
 }
 

@@ -3,8 +3,8 @@
 //! `tests/interop/python_sse_client.py` drives the client and prints what it observed as one
 //! JSON document; these tests assert on it.
 //!
-//! The interpreter comes from `SIGNALFLOW_INTEROP_PYTHON` (set by `scripts/test`); without it
-//! these tests fail rather than skip, like the WebSocket interop tests.
+//! The interpreter is the interop virtualenv's (see `support::interop_venv_python`); if it cannot
+//! be prepared these tests fail rather than skip, like the WebSocket interop tests.
 //!
 //! Expected values are cross-checked with the gateway's own SSE stream of the same query: both
 //! must carry the very same TSIDs and IEEE-754 bits.

@@ -2,9 +2,9 @@
 //! transport) against the simulator. `tests/interop/python_ws_client.py` drives the client and
 //! prints what it observed as one JSON document; these tests assert on it.
 //!
-//! The interpreter comes from `SIGNALFLOW_INTEROP_PYTHON`, which `scripts/test` sets after preparing
-//! the interop virtualenv. Without it these tests fail (they are not skipped): an interop suite
-//! that silently does nothing proves nothing.
+//! The interpreter is the interop virtualenv's (`target/interop-venv`, prepared by the first test
+//! that needs it; `SIGNALFLOW_INTEROP_PYTHON` overrides it). If it cannot be prepared these tests
+//! fail (they are not skipped): an interop suite that silently does nothing proves nothing.
 //!
 //! Expected values are cross-checked with the crate's own websocket client (`support::WsClient`)
 //! running the same query against the same simulator: the simulator's values are a pure function

@@ -5,9 +5,11 @@ mod support;
 
 mod compat_api;
 mod fuzz_corpus;
+mod gateway_bad_input;
 mod gateway_core;
 mod gateway_formats;
 mod gateway_production;
+mod gateway_reliability;
 mod interop_python_sse;
 mod interop_python_ws;
 mod openapi_contract;

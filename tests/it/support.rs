@@ -191,13 +191,7 @@ pub fn test_settings() -> signalflow_gateway::config::Settings {
 pub async fn spawn_gateway(settings: signalflow_gateway::config::Settings) -> Gateway {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = signalflow_gateway::app::Application::build_with_listener(settings, listener).await.unwrap();
-    let addr = app.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    let gateway =
-        Gateway { base: format!("http://{addr}"), http: reqwest::Client::new(), stop: Some(stop), task: Some(task) };
+    let gateway = Gateway::serve(app);
     let ready = gateway.url("/readyz");
     let http = gateway.http.clone();
     eventually("gateway ready", || {
@@ -209,6 +203,16 @@ pub async fn spawn_gateway(settings: signalflow_gateway::config::Settings) -> Ga
 }
 
 impl Gateway {
+    /// Serves a built application (not waiting for readiness).
+    pub fn serve(app: signalflow_gateway::app::Application) -> Gateway {
+        let addr = app.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        Gateway { base: format!("http://{addr}"), http: reqwest::Client::new(), stop: Some(stop), task: Some(task) }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -385,11 +389,7 @@ pub mod interop {
     fn python() -> String {
         match std::env::var("SIGNALFLOW_INTEROP_PYTHON") {
             Ok(python) if !python.is_empty() => python,
-            _ => panic!(
-                "SIGNALFLOW_INTEROP_PYTHON is not set. Run the tests with scripts/test: it prepares the interop \
-                 virtualenv (target/interop-venv, with the official `signalfx` client from PyPI) and points \
-                 SIGNALFLOW_INTEROP_PYTHON at its python."
-            ),
+            _ => super::interop_venv_python(),
         }
     }
 
@@ -568,4 +568,55 @@ pub mod interop {
         check_batches_merge_both_blocks(report);
         (first, count)
     }
+}
+
+/// The interop virtualenv's python: `target/interop-venv`, created and filled from
+/// `tests/interop/requirements.txt` by the first test that needs it (once per machine, and again
+/// when the requirements change). Test threads and concurrent `cargo test` runs that race to
+/// create it wait on a file lock; only one builds it.
+pub fn interop_venv_python() -> String {
+    static PYTHON: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(prepare_interop_venv).clone().unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn prepare_interop_venv() -> Result<String, String> {
+    use std::process::Command;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = root.join("target/interop-venv");
+    let python = venv.join("bin/python");
+    let requirements_path = root.join("tests/interop/requirements.txt");
+    let requirements =
+        std::fs::read_to_string(&requirements_path).map_err(|e| format!("{requirements_path:?}: {e}"))?;
+    let stamp = venv.join(".requirements.txt");
+    std::fs::create_dir_all(root.join("target")).map_err(|e| format!("creating target/: {e}"))?;
+    let lock_path = root.join("target/interop-venv.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|e| format!("{lock_path:?}: {e}"))?;
+    lock.lock().map_err(|e| format!("locking {lock_path:?}: {e}"))?;
+    if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == requirements) {
+        return Ok(python.display().to_string());
+    }
+    let venv_available = Command::new("python3").args(["-m", "venv", "--help"]).output();
+    if !venv_available.is_ok_and(|o| o.status.success()) {
+        return Err("the interop tests need `python3 -m venv` to prepare target/interop-venv: install Python 3 \
+                    with its venv module (Debian: apt-get install python3-venv)"
+            .into());
+    }
+    eprintln!("preparing the interop virtualenv in {} (once)", venv.display());
+    let run = |command: &mut Command, what: &str| -> Result<(), String> {
+        let output = command.output().map_err(|e| format!("{what}: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!("{what} failed ({}):\n{}", output.status, String::from_utf8_lossy(&output.stderr)))
+        }
+    };
+    run(Command::new("python3").args(["-m", "venv", "--clear"]).arg(&venv), "python3 -m venv")?;
+    run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements_path),
+        "pip install -r tests/interop/requirements.txt",
+    )?;
+    std::fs::write(&stamp, &requirements).map_err(|e| format!("{stamp:?}: {e}"))?;
+    Ok(python.display().to_string())
 }

@@ -19,7 +19,11 @@ const A: &str = "AAAAAAAAAAE";
 const B: &str = "AAAAAAAAAAI";
 
 async fn fixture_simulator(config: SimulatorConfig) -> (SimulatorHandle, Control) {
-    let sim = spawn_simulator(config, Faults::default()).await;
+    fixture_simulator_with(config, Faults::default()).await
+}
+
+async fn fixture_simulator_with(config: SimulatorConfig, faults: Faults) -> (SimulatorHandle, Control) {
+    let sim = spawn_simulator(config, faults).await;
     let control = Control::new(&sim);
     control.post("/programs", json!({"program": PROGRAM, "tsids": [A, B]})).await;
     for (tsid, value) in [(A, 1.0), (B, 2.0)] {
@@ -274,8 +278,9 @@ async fn hostile_and_unknown_frames_are_counted_and_dropped() {
 
 #[tokio::test]
 async fn a_silent_socket_is_replaced_by_the_read_watchdog() {
+    // Silent and deaf: no KEEP_ALIVE, and the gateway's pings go unanswered.
     let config = SimulatorConfig { keepalive_interval: Duration::from_secs(3600), ..Default::default() };
-    let (sim, _control) = fixture_simulator(config).await;
+    let (sim, _control) = fixture_simulator_with(config, Faults { stop_reading: true, ..Faults::default() }).await;
     let mut upstream = config_for(&sim);
     upstream.read_timeout = Duration::from_millis(300);
     let pool = pool(upstream);
