@@ -3,7 +3,8 @@
 //! - API keys (optional): `Authorization: Bearer <key>`, or the `access_token` query parameter for
 //!   `EventSource`, which cannot send headers (it ends up in browser history and proxy logs:
 //!   prefer short-lived keys there). Compared in constant time. Missing ⇒ 401, wrong ⇒ 403.
-//!   `/healthz`, `/readyz` and `/openapi.yaml` stay open for probes.
+//!   `/healthz`, `/readyz` and `/openapi.yaml` stay open for probes, and the console's static
+//!   files (`/`, `/console/…`) for browsers: they hold no data, and the page asks for the key.
 //! - CORS: an allow-list of origins; `*` only without keys (checked by config validation).
 //! - Request ids: an incoming `X-Request-Id` (if it is short and printable) or a new one, echoed
 //!   on the response and recorded in the request's log line. The query string is never logged
@@ -75,7 +76,11 @@ fn percent_decode(s: &str) -> String {
 /// Checks the API key, if keys are configured.
 pub async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let keys = &state.settings.auth.api_keys;
-    if keys.is_empty() || request.method() == Method::OPTIONS || OPEN_ROUTES.contains(&request.uri().path()) {
+    if keys.is_empty()
+        || request.method() == Method::OPTIONS
+        || OPEN_ROUTES.contains(&request.uri().path())
+        || super::console::is_console_path(request.uri().path())
+    {
         return next.run(request).await;
     }
     match presented_key(request.headers(), request.uri().query()) {

@@ -6,6 +6,7 @@
 //! - [`compat`]: the SignalFlow REST/SSE API (`/v2/signalflow/…`) for existing SSE clients.
 //! - [`results`]: whole results of bounded queries as JSON or CSV.
 //! - [`health`]: liveness, readiness and `/metrics`.
+//! - [`console`]: the browser console (`/`, `/console/{file}`), embedded.
 //! - [`access`]: API keys, CORS, tenants, request ids and the request log.
 //! - [`error`]: problem+json answers for every failure, the framework's included.
 //!
@@ -14,6 +15,7 @@
 pub mod access;
 pub mod compat;
 pub mod computations;
+pub mod console;
 pub mod error;
 pub mod events;
 pub mod health;
@@ -64,6 +66,8 @@ fn routes() -> Routes {
         .route("/healthz", &["GET"], get(health::healthz))
         .route("/readyz", &["GET"], get(health::readyz))
         .route("/metrics", &["GET"], get(health::metrics))
+        .route("/", &["GET"], get(console::index))
+        .route("/console/{file}", &["GET"], get(console::asset))
         .route("/openapi.yaml", &["GET"], get(|| async { ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI) }))
 }
 

@@ -2,8 +2,11 @@
 //! cores). Each module is named for the part it exercises; `support` is the shared harness.
 
 mod support;
+mod tools;
 
 mod compat_api;
+mod console;
+mod examples;
 mod fuzz_corpus;
 mod gateway_bad_input;
 mod gateway_core;
