@@ -8,7 +8,8 @@
 //! - [`app`]: assembling and running the gateway (bind, simulator or upstream, hub, router,
 //!   graceful shutdown); [`config`]: layered settings; [`telemetry`]: logging;
 //!   [`metrics`]: the Prometheus exposition; [`clock`]: wall-clock milliseconds.
-//! - [`http`]: the HTTP API (axum) — routes, streams, problem bodies. Knows nothing of websockets.
+//! - [`http`]: the HTTP API (axum) — routes, streams, problem bodies, and the browser console
+//!   (its static files in `web/`, embedded at build time). Knows nothing of websockets.
 //! - [`hub`]: computations and fan-out — sharing, replay ring, subscriber queues. Knows nothing
 //!   of HTTP.
 //! - [`upstream`]: the pooled, self-healing SignalFlow websocket client.

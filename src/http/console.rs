@@ -80,6 +80,25 @@ mod tests {
         assert!(!is_console_path("/consolex"));
     }
 
+    /// The embedded chart library is the copy `scripts/vendor-uplot` verified against npm.
+    #[test]
+    fn vendored_uplot_matches_its_recorded_checksums() {
+        use sha2::{Digest, Sha256};
+        let sums = include_str!("../../web/vendor/uplot/SHA256SUMS");
+        let embedded = |file: &str| {
+            let name = if file == "LICENSE" { "uPlot.LICENSE.txt" } else { file };
+            ASSETS.iter().find(|(n, _, _)| *n == name).unwrap_or_else(|| panic!("{name} embedded")).2
+        };
+        let mut checked = 0;
+        for line in sums.lines() {
+            let (sum, file) = line.split_once("  ").expect("sha256sum format");
+            let actual: String = Sha256::digest(embedded(file)).iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(actual, sum, "{file}");
+            checked += 1;
+        }
+        assert_eq!(checked, 3);
+    }
+
     #[test]
     fn every_module_the_page_imports_is_embedded() {
         let page = std::str::from_utf8(INDEX).unwrap();
@@ -87,7 +106,11 @@ mod tests {
         for (name, _, body) in ASSETS.iter().filter(|(n, _, _)| n.ends_with(".js")) {
             let text = std::str::from_utf8(body).unwrap();
             referenced.extend(text.split("from \"./").skip(1).filter_map(|s| s.split('"').next()));
-            assert!(!text.contains("://") || *name == "uPlot.esm.js", "{name} names an absolute URL");
+            if *name != "uPlot.esm.js" {
+                // Relative URLs only, so the console works under a base path.
+                assert!(!text.contains("://"), "{name} names an absolute URL");
+                assert!(!text.contains("\"/computations") && !text.contains("`/computations"), "{name}: absolute path");
+            }
         }
         assert!(!referenced.is_empty());
         for name in referenced {

@@ -62,7 +62,7 @@ const pixels = (page, label) =>
 
 async function step(page, name, fn) {
   try {
-    const result = await fn();
+    const result = await fn(); // a plain object of observations, or nothing
     report.steps.push({ name, ok: true, ...(result ?? {}) });
     await page.screenshot({ path: join(artefacts, `${scenario}-${report.steps.length}-${name}.png`), fullPage: true });
   } catch (e) {
@@ -116,7 +116,9 @@ async function shareScenario(context) {
   const page = await context.newPage();
   watch(page);
   const program = process.env.CONSOLE_PROGRAM;
-  await step(page, "load", () => page.goto(base, { waitUntil: "load" }));
+  await step(page, "load", async () => {
+    await page.goto(base, { waitUntil: "load" });
+  });
   let first;
   await step(page, "run-bounded", async () => {
     await page.getByLabel("SignalFlow program").fill(program);

@@ -190,10 +190,13 @@ async fn console_link_reproduces_the_view_and_the_view_is_the_gateways_result() 
     assert!(numbers(&pixels["markers"]).iter().all(|n| *n > 50.0), "anomalous and ok markers drawn: {pixels}");
 }
 
+/// Behind a reverse proxy that serves the gateway under `/sfgw/`: every URL the page uses must
+/// be relative, and a wrong one would show up as a failed load (a console error).
 #[tokio::test]
-async fn console_asks_for_the_api_key_once_and_sends_it_in_the_query_only_for_event_source() {
+async fn console_under_a_base_path_asks_for_the_api_key_once_and_sends_it_in_the_query_only_for_event_source() {
     let gw = GatewayProcess::spawn(&[("SFGW_AUTH__API_KEYS", KEY)]).await;
-    let report = drive("key", &gw.base, &[("CONSOLE_API_KEY", KEY)]).await;
+    let proxied = spawn_prefix_proxy(gw.base.clone(), "/sfgw").await;
+    let report = drive("key", &proxied, &[("CONSOLE_API_KEY", KEY)]).await;
     // The first call without a key is answered 401, which Chromium logs; nothing else may be.
     let errors: Vec<&str> = report["consoleErrors"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
     assert!(errors.iter().all(|e| e.contains("status of 401")), "{errors:?}");
@@ -205,7 +208,7 @@ async fn console_asks_for_the_api_key_once_and_sends_it_in_the_query_only_for_ev
     let with_token: Vec<&str> = asked["withToken"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     assert!(!with_token.is_empty());
     assert!(
-        with_token.iter().all(|p| p.starts_with("/computations/") && p.ends_with("/events")),
+        with_token.iter().all(|p| p.starts_with("/sfgw/computations/") && p.ends_with("/events")),
         "access_token only on the event stream: {with_token:?}"
     );
 }

@@ -121,3 +121,46 @@ pub fn console_node_dir() -> PathBuf {
         dir
     })
 }
+
+/// A reverse proxy that serves `upstream` under `prefix` (as nginx's
+/// `location /prefix/ { proxy_pass http://upstream/; }` does), streaming response bodies so
+/// event streams pass through. Answers the proxied base URL, `http://addr/prefix/`.
+pub async fn spawn_prefix_proxy(upstream: String, prefix: &'static str) -> String {
+    use axum::body::Body;
+    use axum::extract::Request;
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use futures::StreamExt;
+
+    let client = reqwest::Client::new();
+    let handler = move |request: Request| {
+        let (client, upstream) = (client.clone(), upstream.clone());
+        async move {
+            let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+            let Some(rest) = path_and_query.strip_prefix(prefix) else {
+                return (StatusCode::NOT_FOUND, "outside the proxied prefix").into_response();
+            };
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+            let mut forward = client.request(parts.method, format!("{upstream}{rest}")).body(body);
+            for (name, value) in parts.headers.iter().filter(|(n, _)| *n != "host") {
+                forward = forward.header(name, value);
+            }
+            match forward.send().await {
+                Ok(answer) => {
+                    let mut response = Response::builder().status(answer.status());
+                    for (name, value) in answer.headers() {
+                        response = response.header(name, value);
+                    }
+                    let stream = answer.bytes_stream().map(|chunk| chunk.map_err(std::io::Error::other));
+                    response.body(Body::from_stream(stream)).unwrap_or_else(|_| StatusCode::BAD_GATEWAY.into_response())
+                }
+                Err(_) => StatusCode::BAD_GATEWAY.into_response(),
+            }
+        }
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, axum::Router::new().fallback(handler)).await });
+    format!("http://{addr}{prefix}")
+}
