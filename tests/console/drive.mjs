@@ -91,6 +91,15 @@ async function demoScenario(context) {
     await waitFor(page, () => document.querySelectorAll("#latest tbody tr").length >= 2);
     return { view: await snapshot(page), pixels: await pixels(page, "cpu") };
   });
+  await step(page, "sort-latest", async () => {
+    const column = () => page.$$eval("#latest tbody tr td:nth-child(3)", (cells) => cells.map((c) => Number(c.textContent)));
+    const sortState = () => page.$eval("#latest th:nth-child(3)", (th) => th.getAttribute("aria-sort"));
+    await page.getByRole("button", { name: "Value", exact: true }).click();
+    const ascending = { order: await column(), ariaSort: await sortState() };
+    await page.getByRole("button", { name: "Value", exact: true }).press("Enter");
+    const descending = { order: await column(), ariaSort: await sortState() };
+    return { ascending, descending };
+  });
   await step(page, "upstream-kill", async () => {
     const before = await page.evaluate(lastX, "cpu");
     const killed = await fetch(new URL("_sim/connections/kill", base), { method: "POST" });
@@ -185,5 +194,6 @@ try {
   await context.close();
   rmSync(profile, { recursive: true, force: true });
 }
+// No process.exit(): it may cut a long report written to a pipe.
 console.log(JSON.stringify(report));
-process.exit(failed ? 1 : 0);
+process.exitCode = failed ? 1 : 0;

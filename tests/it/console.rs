@@ -106,6 +106,15 @@ async fn console_charts_a_demo_rides_out_an_upstream_kill_and_stops_with_the_rea
     let drawn = numbers(&run["pixels"]["counts"]);
     assert!(drawn.iter().all(|n| *n > 200.0), "each series draws its line on the canvas: {drawn:?}");
 
+    // The latest-values table sorts by a column header, by click or by keyboard. Values change
+    // live between the two reads, so each read is checked for its own order.
+    let sorted = step(&report, "sort-latest");
+    let up = numbers(&sorted["ascending"]["order"]);
+    let down = numbers(&sorted["descending"]["order"]);
+    assert_eq!((up.len(), sorted["ascending"]["ariaSort"].as_str()), (2, Some("ascending")), "{sorted}");
+    assert_eq!((down.len(), sorted["descending"]["ariaSort"].as_str()), (2, Some("descending")), "{sorted}");
+    assert!(up[0] <= up[1] && down[0] >= down[1], "{sorted}");
+
     let kill = step(&report, "upstream-kill");
     let states: Vec<&str> =
         kill["view"]["history"].as_array().unwrap().iter().map(|s| s["state"].as_str().unwrap()).collect();
