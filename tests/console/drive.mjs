@@ -113,9 +113,10 @@ async function demoScenario(context) {
     return { before, view: await snapshot(page), pixels: await pixels(page, "cpu") };
   });
   await step(page, "stop", async () => {
-    await page.getByRole("button", { name: "Stop", exact: true }).click();
-    await waitFor(page, () => document.getElementById("status").dataset.state === "ended");
+    // Stopped from the computations list (the form's Stop button does the same call).
     const id = await page.evaluate(() => window.signalflowConsole.current().id);
+    await page.getByRole("button", { name: `Stop computation ${id}`, exact: true }).click();
+    await waitFor(page, () => document.getElementById("status").dataset.state === "ended");
     await waitFor(page, (id) => document.querySelector(`#computations tr[data-id="${id}"] td:nth-child(2)`)?.textContent === "aborted", id);
     return { id, view: await snapshot(page) };
   });
@@ -146,6 +147,13 @@ async function shareScenario(context) {
     await second.goto(link, { waitUntil: "load" });
     await waitFor(second, () => document.getElementById("status").dataset.state === "ended");
     return { link, view: await snapshot(second), pixels: await pixels(second, "cpu") };
+  });
+  await step(second, "open-from-list", async () => {
+    // The first page's computation has ended; opening it replays it from the gateway's ring.
+    const id = first.history.find((h) => h.text.startsWith("Connected: ")).text.slice("Connected: ".length);
+    await second.getByRole("button", { name: `Open computation ${id}`, exact: true }).click();
+    await waitFor(second, (id) => window.signalflowConsole.current().id === id && document.getElementById("status").dataset.state === "ended", id);
+    return { id, view: await snapshot(second) };
   });
 }
 

@@ -157,6 +157,11 @@ async fn console_link_reproduces_the_view_and_the_view_is_the_gateways_result() 
     assert_eq!(second["form"], json!({"program": DETECT_PROGRAM, "start": start, "stop": stop, "resolution": "1s"}));
     assert_eq!(second["charts"], first["charts"], "the link reproduces the charts");
     assert_eq!(second["markers"], first["markers"], "and the detect() markers");
+    // Opening the first page's (ended) computation from the list shows the same view again.
+    let reopened = &step(&report, "open-from-list")["view"];
+    assert_eq!(reopened["charts"], first["charts"], "reopened from the list");
+    assert_eq!(reopened["markers"], first["markers"]);
+    assert_eq!(reopened["form"]["program"], DETECT_PROGRAM);
 
     // What the page charted is exactly the gateway's whole result for the same query.
     let whole: Json = reqwest::Client::new()
