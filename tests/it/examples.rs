@@ -93,7 +93,8 @@ async fn example_curl_and_jq() {
 
 #[tokio::test]
 async fn example_python_requests() {
-    let python = interop_python();
+    // The interop virtualenv (tests/interop/requirements.txt lists `requests`), prepared once.
+    let python = tokio::task::spawn_blocking(crate::support::interop_venv_python).await.unwrap();
     let has_requests = std::process::Command::new(&python).args(["-c", "import requests"]).status();
     assert!(
         has_requests.is_ok_and(|s| s.success()),
@@ -119,21 +120,4 @@ async fn example_go_net_http() {
 async fn example_ruby_net_http() {
     require_tool("ruby", "--version", "Ruby (Debian: apt-get install ruby)");
     run_example("ruby", &["examples/ruby.rb"], &[]).await;
-}
-
-/// The interop virtualenv's python (it has `requests`, a dependency of the `signalfx` client):
-/// `SIGNALFLOW_INTEROP_PYTHON` as scripts/test sets it, else `target/interop-venv`.
-fn interop_python() -> String {
-    if let Ok(python) = std::env::var("SIGNALFLOW_INTEROP_PYTHON")
-        && !python.is_empty()
-    {
-        return python;
-    }
-    let venv = target_dir().join("interop-venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with `requests`: run scripts/test, which prepares {} from tests/interop/requirements.txt",
-        venv.display()
-    );
-    venv.display().to_string()
 }
