@@ -190,6 +190,9 @@ async fn a_stalled_subscriber_is_dropped_without_slowing_a_fast_one() {
     let mut settings = test_settings();
     settings.limits.subscriber_queue = 32;
     settings.stream.heartbeat = Duration::from_millis(300);
+    // The default linger: when the fast client is dropped as too slow too, its reconnect must find
+    // the computation still there, however loaded the machine (500 ms was not always enough).
+    settings.stream.linger = Duration::from_secs(10);
     let gw = spawn_gateway(settings).await;
     // ~3,000 batches of 48 points (~7 MB): more than the stalled client's socket buffers hold.
     let body = json!({"program": "data('cpu.utilization').publish()", "start": "-3010s", "stop": "-10s"});
