@@ -13,8 +13,10 @@
 //! process's CPU seconds and RSS (from /proc). The gateway's CPU includes its in-process
 //! simulator. The load client shares the machine's two cores with the gateway.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+#[path = "support/process.rs"]
+mod process;
+
+use process::{Gateway, usage};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -59,18 +61,6 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-struct Gateway {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts the release gateway with an inventory of one metric with `series` series.
 fn start_gateway(series: usize, extra_env: &[(&str, String)]) -> Gateway {
     let dir = std::env::temp_dir().join(format!("sfgw-fanout-{}", std::process::id()));
@@ -82,49 +72,16 @@ fn start_gateway(series: usize, extra_env: &[(&str, String)]) -> Gateway {
         ids.join(", ")
     );
     std::fs::write(&inventory, toml).unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_signalflow-gateway"));
-    command
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("SFGW_SIMULATOR__INVENTORY", &inventory)
-        .env("SFGW_LIMITS__MAX_SUBSCRIBERS_PER_COMPUTATION", "19000")
-        .env("SFGW_LIMITS__MAX_SUBSCRIBERS_TOTAL", "19000")
-        .env("SFGW_LIMITS__MAX_COMPUTATIONS", "5000")
-        .env("SFGW_UPSTREAM__JOB_STARTS_PER_SECOND", "1000")
-        .env("SFGW_UPSTREAM__JOB_START_BURST", "1000")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for (k, v) in extra_env {
-        command.env(k, v);
-    }
-    let mut child = command.spawn().expect("run `cargo build --release` first if this fails");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("gateway output").unwrap();
-        if let Some(rest) = line.strip_prefix("signalflow-gateway listening on http://") {
-            break rest.to_owned();
-        }
-    };
-    // Keep draining stdout so the gateway never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Gateway { child, addr }
-}
-
-/// (user + system CPU seconds, RSS bytes) of a process.
-fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss_kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    (ticks as f64 / 100.0, rss_kb * 1024)
+    let mut env = vec![
+        ("SFGW_SIMULATOR__INVENTORY", inventory.display().to_string()),
+        ("SFGW_LIMITS__MAX_SUBSCRIBERS_PER_COMPUTATION", "19000".to_owned()),
+        ("SFGW_LIMITS__MAX_SUBSCRIBERS_TOTAL", "19000".to_owned()),
+        ("SFGW_LIMITS__MAX_COMPUTATIONS", "5000".to_owned()),
+        ("SFGW_UPSTREAM__JOB_STARTS_PER_SECOND", "1000".to_owned()),
+        ("SFGW_UPSTREAM__JOB_START_BURST", "1000".to_owned()),
+    ];
+    env.extend(extra_env.iter().map(|(k, v)| (*k, v.clone())));
+    Gateway::start(env!("CARGO_BIN_EXE_signalflow-gateway"), &env)
 }
 
 async fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {

@@ -71,6 +71,14 @@ pub fn render(hub: &Hub, http: &HttpMetrics, pools: &[&PoolStats], ready: bool) 
         );
     }
     let stats = hub.stats();
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        out.single(
+            "sfgw_runtime_alive_tasks",
+            "gauge",
+            "Tasks alive on the async runtime (a leak shows as a count that never comes back down).",
+            runtime.metrics().num_alive_tasks(),
+        );
+    }
     out.single("sfgw_sse_subscribers", "gauge", "Open event-stream subscribers.", hub.total_subscribers());
     out.single(
         "sfgw_events_sent_total",
