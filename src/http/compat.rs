@@ -18,8 +18,10 @@ use super::AppState;
 use super::computations::{create_entry, header_str};
 use super::error::ApiError;
 use crate::hub::Tenant;
-use crate::hub::stream::{Framing, Subscription};
+use crate::hub::render::EventKind;
+use crate::hub::stream::{Framing, Piece, Subscription};
 use crate::hub::{Entry, RawSpec, SubscribeOutcome};
+use crate::upstream::UpstreamEvent;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -28,9 +30,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -289,10 +292,6 @@ async fn stream(entry: Arc<Entry>) -> Result<Response, CompatError> {
     Ok(response)
 }
 
-/// How a stream replayed from the job's start begins (the first event of every job).
-const JOB_START_PREFIX: &[u8] = b"event: control-message\ndata: {\"event\":\"JOB_START\"";
-const DATA_PREFIX: &[u8] = b"event: data\n";
-
 /// A stream as the SignalFlow clients need it when it does not start at the job's start (an
 /// attach after the replay ring let the start go): `JOB_START` with the handle first, and an
 /// information message right after the first timestamp's data, because the clients count a
@@ -301,27 +300,21 @@ const DATA_PREFIX: &[u8] = b"event: data\n";
 /// already has both and passes through untouched.
 struct Joined {
     inner: Subscription,
+    /// Until the first event is seen.
     entry: Option<Arc<Entry>>,
-    /// Sent before the next chunk from `inner`.
-    pending: Option<Bytes>,
-    /// Sent after the first data chunk.
+    /// Chunks ready to send, in order.
+    queue: VecDeque<Bytes>,
+    /// Sent after the first data event.
     info: Option<Bytes>,
 }
 
 impl Joined {
     fn new(inner: Subscription, entry: Arc<Entry>) -> Self {
-        Joined { inner, entry: Some(entry), pending: None, info: None }
+        Joined { inner, entry: Some(entry), queue: VecDeque::new(), info: None }
     }
 
-    /// Decides on the first event (heartbeat comments do not count).
-    fn first_event(&mut self, chunk: &Bytes) -> Option<Bytes> {
-        if chunk.starts_with(b":") {
-            return None;
-        }
-        let entry = self.entry.take()?;
-        if chunk.starts_with(JOB_START_PREFIX) {
-            return None;
-        }
+    /// The `JOB_START` and information message a joined stream starts with.
+    fn prelude(entry: &Entry) -> (Bytes, Bytes) {
         let state = entry.control.state();
         let now = crate::clock::now_ms();
         let job_start = json!({ "event": "JOB_START", "handle": state.handle, "timestampMs": now });
@@ -332,8 +325,7 @@ impl Joined {
                 "numInputTimeSeries": 0, "contents": { "resolutionMs": state.resolution_ms },
             },
         });
-        self.info = Some(sse("message", &info));
-        Some(sse("control-message", &job_start))
+        (sse("control-message", &job_start), sse("message", &info))
     }
 }
 
@@ -345,23 +337,31 @@ impl Stream for Joined {
     type Item = Result<Bytes, std::convert::Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let chunk = match self.pending.take() {
-            Some(chunk) => chunk,
-            None => match self.inner.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(chunk))) => chunk,
-                other => return other,
-            },
-        };
-        if self.entry.is_some()
-            && let Some(job_start) = self.first_event(&chunk)
-        {
-            self.pending = Some(chunk);
-            return Poll::Ready(Some(Ok(job_start)));
+        loop {
+            if let Some(chunk) = self.queue.pop_front() {
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            let Some(piece) = std::task::ready!(self.inner.poll_piece(cx)) else { return Poll::Ready(None) };
+            let bytes = self.inner.frame(&piece);
+            // An event this flavour leaves out (a gateway notice) is not the stream's first.
+            if bytes.is_empty() {
+                continue;
+            }
+            let Piece::Event(event) = &piece else { return Poll::Ready(Some(Ok(bytes))) };
+            let started = matches!(event.kind, EventKind::Upstream(UpstreamEvent::JobStarted { .. }));
+            if let Some(entry) = self.entry.take()
+                && !started
+            {
+                let (job_start, info) = Joined::prelude(&entry);
+                self.queue.push_back(job_start);
+                self.info = Some(info);
+            }
+            let is_data = matches!(event.kind, EventKind::Upstream(UpstreamEvent::Data(_)));
+            self.queue.push_back(bytes);
+            if is_data && let Some(info) = self.info.take() {
+                self.queue.push_back(info);
+            }
         }
-        if self.info.is_some() && chunk.starts_with(DATA_PREFIX) {
-            self.pending = self.info.take();
-        }
-        Poll::Ready(Some(Ok(chunk)))
     }
 }
 

@@ -7,6 +7,7 @@ use super::computations::create_entry;
 use super::error::ApiError;
 use crate::hub::result::{CollectError, CollectedResult, ResultLimits, SeriesResult, collect};
 use crate::hub::{ComputationSpec, Entry, RawSpec, Tenant};
+use crate::protocol::Value as PointValue;
 use crate::upstream::Terminal;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -164,8 +165,14 @@ pub fn csv_text(result: &CollectedResult) -> String {
         let _ = write!(out, "{t}");
         for s in &result.series {
             out.push(',');
-            if let Some(Some(v)) = s.points.get(&t) {
-                let _ = write!(out, "{v}");
+            match s.points.get(&t) {
+                Some(PointValue::Long(v) | PointValue::Int(v)) => {
+                    let _ = write!(out, "{v}");
+                }
+                Some(PointValue::Double(v)) if v.is_finite() => {
+                    let _ = write!(out, "{v}");
+                }
+                _ => {}
             }
         }
         out.push('\n');
@@ -187,10 +194,11 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn series(id: u64, props: Value, points: &[(i64, Option<f64>)]) -> SeriesResult {
+        let value = |v: Option<f64>| v.map_or(PointValue::Null, PointValue::Double);
         SeriesResult {
             tsid: Tsid(id),
             properties: props.as_object().cloned().unwrap_or_else(Map::new),
-            points: points.iter().copied().collect::<BTreeMap<_, _>>(),
+            points: points.iter().map(|(t, v)| (*t, value(*v))).collect::<BTreeMap<_, _>>(),
         }
     }
 
@@ -216,5 +224,14 @@ mod tests {
             csv_text(&result),
             "timestamp,A cpu region=us,\"A cpu region=eu, west\"\n1000,1.5,\n2000,2,3\n3000,,\n"
         );
+    }
+
+    #[test]
+    fn integers_above_two_to_the_53_stay_exact_in_csv() {
+        let big = 9_007_199_254_740_993_i64; // 2^53 + 1: not representable as an f64
+        let mut s = series(1, json!({"sf_streamLabel": "A"}), &[]);
+        s.points.insert(1000, PointValue::Long(big));
+        let result = CollectedResult { series: vec![s], events: vec![], messages: vec![] };
+        assert_eq!(csv_text(&result), format!("timestamp,A\n1000,{big}\n"));
     }
 }

@@ -5,7 +5,7 @@
 //! ordered with events by construction: a new subscriber's snapshot or replay and its first live
 //! event can neither overlap nor leave a gap. It never waits on a subscriber.
 
-use super::render::{self, GatewayEvent};
+use super::render::{self, EventKind, GatewayEvent, Notice};
 use super::spec::{ComputationSpec, SpecKey};
 use super::stream::{
     self, Delivery, DropReason, Framing, Item, Replay, ReplayRing, RingLimits, Subscriber, Subscription, Unsubscribe,
@@ -241,8 +241,8 @@ impl Pump {
     }
 
     async fn shut_down(&mut self) {
-        let body = render::notice("SHUTTING_DOWN", now_ms(), json!({}));
-        self.publish(GatewayEvent::new(Some(self.next_seq()), "gateway", &body));
+        let seq = self.next_seq();
+        self.publish(GatewayEvent::notice(Some(seq), Notice::ShuttingDown, now_ms(), json!({})));
         // Subscribers' queues close: their responses end once drained.
         self.subscribers.clear();
         self.set_subscriber_count();
@@ -275,6 +275,9 @@ impl Pump {
 
     fn upstream(&mut self, event: UpstreamEvent) {
         let started = Instant::now();
+        // Rendered once: a new series' metadata bytes serve its sequenced event and, copied
+        // without a second render, its snapshot entry.
+        render::render(&event, now_ms(), &mut self.buf);
         match &event {
             UpstreamEvent::JobStarted { .. } => self.set_phase(Phase::Running),
             UpstreamEvent::Disconnected { .. } => self.set_phase(Phase::Reconnecting),
@@ -283,8 +286,8 @@ impl Pump {
                 let mut cache = self.entry.metadata();
                 if cache.len() < self.hub.settings.limits.max_series_per_computation {
                     cache.insert(m.tsid, m.clone());
-                    let event = GatewayEvent::new(None, "metadata", &render::metadata_json(m));
-                    self.snapshot.insert(m.tsid, Arc::new(event));
+                    let snapshot = GatewayEvent::new(None, EventKind::Upstream(event.clone()), &self.buf);
+                    self.snapshot.insert(m.tsid, Arc::new(snapshot));
                 }
             }
             UpstreamEvent::Expired(tsid) => {
@@ -294,16 +297,13 @@ impl Pump {
             _ => {}
         }
         let seq = self.next_seq();
-        let name = render::render(&event, now_ms(), &mut self.buf);
-        let rendered = GatewayEvent::new(Some(seq), name, &self.buf);
-        match event {
-            UpstreamEvent::Ended(terminal) => {
-                self.publish(rendered.into_terminal());
-                self.end(terminal);
-            }
-            // The block boundaries, for the SignalFlow flavour's one data event per block.
-            UpstreamEvent::Data(batch) => self.publish(rendered.with_blocks(batch.block_sizes)),
-            _ => self.publish(rendered),
+        let terminal = match &event {
+            UpstreamEvent::Ended(terminal) => Some(terminal.clone()),
+            _ => None,
+        };
+        self.publish(GatewayEvent::new(Some(seq), EventKind::Upstream(event), &self.buf));
+        if let Some(terminal) = terminal {
+            self.end(terminal);
         }
         self.hub.stats.record_latency(started.elapsed());
     }
@@ -350,10 +350,7 @@ impl Pump {
     /// The notice for a subscriber being dropped. Rendered only when one is: building it for
     /// every published event would put a JSON render and an allocation on the hot path.
     fn too_slow_notice(&self) -> impl Fn() -> Item + use<> {
-        || {
-            let body = render::notice("SUBSCRIBER_TOO_SLOW", now_ms(), json!({}));
-            Item::Event(Arc::new(GatewayEvent::new(None, "gateway", &body)))
-        }
+        || Item::Event(Arc::new(GatewayEvent::notice(None, Notice::SubscriberTooSlow, now_ms(), json!({}))))
     }
 
     fn heartbeat(&mut self) {
@@ -430,8 +427,8 @@ impl Pump {
         if last_event_id.is_some() {
             self.hub.stats.replays.fetch_add(1, Ordering::Relaxed);
         }
-        if ended && !initial.iter().any(|e| e.terminal) {
-            initial.extend(self.ring.all().rev().find(|e| e.terminal).cloned());
+        if ended && !initial.iter().any(|e| e.is_terminal()) {
+            initial.extend(self.ring.all().rev().find(|e| e.is_terminal()).cloned());
         }
         let prelude = (format == Framing::Sse).then(|| retry_prelude(settings.stream.heartbeat));
         if ended {
@@ -471,7 +468,7 @@ impl Pump {
             "resolutionMs": state.resolution_ms,
             "lastLogicalTimestampMs": state.last_complete_ms,
         });
-        GatewayEvent::new(None, "gateway", &render::notice("REPLAY_INCOMPLETE", now_ms(), extra))
+        GatewayEvent::notice(None, Notice::ReplayIncomplete, now_ms(), extra)
     }
 }
 

@@ -6,33 +6,81 @@
 //! whose JSON has an upper-case `event` and a `timestampMs`.
 
 use crate::protocol::data::write_data_json;
-use crate::protocol::metadata::MetadataMessage;
+use crate::protocol::info::InfoMessage;
+use crate::protocol::metadata::{EventMessage, MetadataMessage};
 use crate::upstream::{Batch, Terminal, UpstreamEvent};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Value, json};
 use std::sync::OnceLock;
 
-/// One rendered event. `seq` is its `id:`; snapshot events (metadata re-sent to a new
-/// subscriber) have none, so a browser's last event id never moves backwards.
+/// A notice of the gateway's own that no upstream event stands for (event name `gateway`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// The gateway is shutting down; the stream ends.
+    ShuttingDown,
+    /// The subscriber fell behind and is disconnected.
+    SubscriberTooSlow,
+    /// A `Last-Event-ID` resume asked for events the replay ring no longer holds.
+    ReplayIncomplete,
+}
+
+/// What an event is, decoded. Consumers that need more than the bytes (whole results, the
+/// SignalFlow flavour, the compat stream) read this, never the rendered JSON.
+#[derive(Debug, Clone)]
+pub enum EventKind {
+    Upstream(UpstreamEvent),
+    Notice(Notice),
+}
+
+impl EventKind {
+    /// The SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::Notice(_) => "gateway",
+            EventKind::Upstream(event) => match event {
+                UpstreamEvent::Data(_) => "data",
+                UpstreamEvent::Metadata(_) => "metadata",
+                UpstreamEvent::JobStarted { .. } | UpstreamEvent::Progress { .. } => "control-message",
+                UpstreamEvent::Info(_) => "message",
+                UpstreamEvent::Event(_) => "event",
+                UpstreamEvent::Expired(_) => "expired-tsid",
+                UpstreamEvent::Disconnected { .. }
+                | UpstreamEvent::Resumed { .. }
+                | UpstreamEvent::StopEnforced { .. } => "gateway",
+                UpstreamEvent::Ended(terminal) => terminal_name(terminal),
+            },
+        }
+    }
+
+    /// How the computation ended, for its last event.
+    pub fn terminal(&self) -> Option<&Terminal> {
+        match self {
+            EventKind::Upstream(UpstreamEvent::Ended(terminal)) => Some(terminal),
+            _ => None,
+        }
+    }
+}
+
+/// One event: its decoded [`EventKind`] next to its bytes, rendered once and shared by every
+/// subscriber. `seq` is its `id:`; snapshot events (metadata re-sent to a new subscriber) have
+/// none, so a browser's last event id never moves backwards.
 #[derive(Debug)]
 pub struct GatewayEvent {
     pub seq: Option<u64>,
-    pub name: &'static str,
+    pub kind: EventKind,
     /// The one-line JSON payload (a slice of `sse`, no copy).
     pub json: Bytes,
     /// `id: N\nevent: NAME\ndata: JSON\n\n`.
     pub sse: Bytes,
-    /// The last event of its computation.
-    pub terminal: bool,
     ndjson: OnceLock<Bytes>,
-    /// A data batch's points per publish block, when it merged more than one.
-    blocks: Vec<u32>,
     signalflow: OnceLock<Bytes>,
 }
 
 impl GatewayEvent {
-    /// Frames `json` (which must be one line: serde_json and the data renderer escape newlines).
-    pub fn new(seq: Option<u64>, name: &'static str, json: &[u8]) -> Self {
+    /// Frames `json`, the kind's payload as [`render`] wrote it (one line: serde_json and the
+    /// data renderer escape newlines).
+    pub fn new(seq: Option<u64>, kind: EventKind, json: &[u8]) -> Self {
+        let name = kind.name();
         let mut sse = BytesMut::with_capacity(json.len() + name.len() + 40);
         if let Some(seq) = seq {
             sse.put_slice(b"id: ");
@@ -47,31 +95,26 @@ impl GatewayEvent {
         sse.put_slice(b"\n\n");
         let sse = sse.freeze();
         let json = sse.slice(at..at + json.len());
-        GatewayEvent {
-            seq,
-            name,
-            json,
-            sse,
-            terminal: false,
-            ndjson: OnceLock::new(),
-            blocks: Vec::new(),
-            signalflow: OnceLock::new(),
-        }
+        GatewayEvent { seq, kind, json, sse, ndjson: OnceLock::new(), signalflow: OnceLock::new() }
     }
 
-    /// Records a data batch's block boundaries ([`crate::upstream::Batch::block_sizes`]) for
-    /// the SignalFlow flavour; one block needs no split and keeps nothing.
-    pub fn with_blocks(mut self, block_sizes: Vec<u32>) -> Self {
-        if block_sizes.len() > 1 {
-            self.blocks = block_sizes;
-        }
-        self
+    /// A gateway notice.
+    pub fn notice(seq: Option<u64>, notice: Notice, now_ms: i64, extra: Value) -> Self {
+        let name = match notice {
+            Notice::ShuttingDown => "SHUTTING_DOWN",
+            Notice::SubscriberTooSlow => "SUBSCRIBER_TOO_SLOW",
+            Notice::ReplayIncomplete => "REPLAY_INCOMPLETE",
+        };
+        GatewayEvent::new(seq, EventKind::Notice(notice), &self::notice(name, now_ms, extra))
     }
 
-    /// Marks the event as its computation's last.
-    pub fn into_terminal(mut self) -> Self {
-        self.terminal = true;
-        self
+    pub fn name(&self) -> &'static str {
+        self.kind.name()
+    }
+
+    /// The last event of its computation.
+    pub fn is_terminal(&self) -> bool {
+        self.kind.terminal().is_some()
     }
 
     /// `{"id":N,"type":"NAME","data":JSON}\n`, rendered on first use and then shared.
@@ -86,7 +129,7 @@ impl GatewayEvent {
                     line.put_slice(b",");
                 }
                 line.put_slice(b"\"type\":\"");
-                line.put_slice(self.name.as_bytes());
+                line.put_slice(self.name().as_bytes());
                 line.put_slice(b"\",\"data\":");
                 line.put_slice(&self.json);
                 line.put_slice(b"}\n");
@@ -104,12 +147,21 @@ impl GatewayEvent {
     /// silently. Empty bytes: nothing to send.
     pub fn signalflow(&self) -> Bytes {
         self.signalflow
-            .get_or_init(|| match self.name {
-                "gateway" => notice_as_abort(&self.json),
-                "data" if !self.blocks.is_empty() => {
-                    split_blocks(&self.json, &self.blocks).unwrap_or_else(|| self.sse_without_id())
+            .get_or_init(|| match &self.kind {
+                EventKind::Notice(Notice::ShuttingDown) => abort("STOPPED", "the gateway is shutting down"),
+                EventKind::Notice(Notice::SubscriberTooSlow) => {
+                    abort("ABORTED", "the client did not keep up with the stream")
                 }
-                _ => self.sse_without_id(),
+                EventKind::Notice(_) => Bytes::new(),
+                EventKind::Upstream(event) => match event {
+                    UpstreamEvent::Disconnected { .. }
+                    | UpstreamEvent::Resumed { .. }
+                    | UpstreamEvent::StopEnforced { .. } => Bytes::new(),
+                    UpstreamEvent::Data(batch) if batch.block_sizes.len() > 1 => {
+                        split_blocks(batch).unwrap_or_else(|| self.sse_without_id())
+                    }
+                    _ => self.sse_without_id(),
+                },
             })
             .clone()
     }
@@ -123,55 +175,43 @@ impl GatewayEvent {
         self.sse.slice(skip..)
     }
 
-    /// Bytes held, for the replay ring's byte bound.
+    /// Bytes held, for the replay ring's byte bound: the rendered bytes (the JSON is a slice of
+    /// them) and a data batch's decoded points.
     pub fn size(&self) -> usize {
-        self.sse.len() + self.json.len()
+        let decoded = match &self.kind {
+            EventKind::Upstream(UpstreamEvent::Data(batch)) => {
+                batch.points.len() * std::mem::size_of::<crate::protocol::DataPoint>() + batch.block_sizes.len() * 4
+            }
+            _ => 0,
+        };
+        self.sse.len() + decoded
     }
 }
 
-/// `SHUTTING_DOWN` and `SUBSCRIBER_TOO_SLOW` as a SignalFlow `CHANNEL_ABORT`; other notices
-/// as nothing.
-fn notice_as_abort(json: &[u8]) -> Bytes {
-    let notice: Value = serde_json::from_slice(json).unwrap_or(Value::Null);
-    let (state, reason) = match notice["event"].as_str() {
-        Some("SHUTTING_DOWN") => ("STOPPED", "the gateway is shutting down"),
-        Some("SUBSCRIBER_TOO_SLOW") => ("ABORTED", "the client did not keep up with the stream"),
-        _ => return Bytes::new(),
-    };
-    let now_ms = notice["timestampMs"].as_i64().unwrap_or(0);
-    let (name, body) = terminal_json(&Terminal::Aborted { state: state.into(), reason: reason.into() }, now_ms);
-    GatewayEvent::new(None, name, body.to_string().as_bytes()).sse
+/// A SignalFlow `CHANNEL_ABORT` event.
+fn abort(state: &str, reason: &str) -> Bytes {
+    let terminal = Terminal::Aborted { state: state.into(), reason: reason.into() };
+    let (name, body) = terminal_json(&terminal, crate::clock::now_ms());
+    Bytes::from(format!("event: {name}\ndata: {body}\n\n"))
 }
 
-/// Splits `{"logicalTimestampMs":T[,"maxDelayMs":D],"data":[…]}` as
-/// [`write_data_json`] writes it into one `data` event per block of `blocks` points. Its
-/// elements are `{"tsId":"…","value":V}`, each with exactly one `}`. `None` if the JSON is not
-/// that shape or the sizes do not add up (the caller then sends the batch whole).
-fn split_blocks(json: &[u8], blocks: &[u32]) -> Option<Bytes> {
-    const ARRAY: &[u8] = b",\"data\":[";
-    let header_end = json.windows(ARRAY.len()).position(|w| w == ARRAY)?;
-    let header = &json[..header_end];
-    let elements = json.get(header_end + ARRAY.len()..json.len().checked_sub(2)?)?;
-    if !json.ends_with(b"]}") {
+/// A merged batch as one `data` event per publish block (`None` if the block sizes do not add
+/// up to its points: the caller then sends the batch whole).
+fn split_blocks(batch: &Batch) -> Option<Bytes> {
+    let total: usize = batch.block_sizes.iter().map(|s| *s as usize).sum();
+    if total != batch.points.len() {
         return None;
     }
-    let mut out = BytesMut::with_capacity(json.len() + blocks.len() * (header.len() + 40));
+    let mut out = Vec::with_capacity(64 + batch.points.len() * 48 + batch.block_sizes.len() * 64);
     let mut at = 0;
-    for &size in blocks {
-        let start = at;
-        for _ in 0..size {
-            at += elements.get(at..)?.iter().position(|b| *b == b'}')? + 1;
-        }
-        out.put_slice(b"event: data\ndata: ");
-        out.put_slice(header);
-        out.put_slice(ARRAY);
-        out.put_slice(&elements[start..at]);
-        out.put_slice(b"]}\n\n");
-        if elements.get(at) == Some(&b',') {
-            at += 1;
-        }
+    for &size in &batch.block_sizes {
+        let block = &batch.points[at..at + size as usize];
+        at += size as usize;
+        out.extend_from_slice(b"event: data\ndata: ");
+        write_data_json(&mut out, batch.logical_timestamp_ms, batch.max_delay_ms, block);
+        out.extend_from_slice(b"\n\n");
     }
-    (at == elements.len()).then(|| out.freeze())
+    Some(Bytes::from(out))
 }
 
 /// A `gateway` notice body.
@@ -183,9 +223,26 @@ pub fn notice(event: &str, now_ms: i64, extra: Value) -> Vec<u8> {
     body.to_string().into_bytes()
 }
 
-/// The metadata payload: `{"tsId":…,"properties":{…}}`.
+/// The metadata payload: `{"tsId":…,"properties":{…}}`, serialised from the message itself
+/// (no copy of its properties).
 pub fn metadata_json(metadata: &MetadataMessage) -> Vec<u8> {
-    json!({ "tsId": metadata.tsid, "properties": metadata.properties }).to_string().into_bytes()
+    #[derive(serde::Serialize)]
+    struct Payload<'a> {
+        #[serde(rename = "tsId")]
+        tsid: crate::protocol::Tsid,
+        properties: &'a serde_json::Map<String, Value>,
+    }
+    serde_json::to_vec(&Payload { tsid: metadata.tsid, properties: &metadata.properties }).unwrap_or_default()
+}
+
+/// A detector event's payload.
+pub fn event_value(e: &EventMessage) -> Value {
+    json!({ "tsId": e.tsid, "timestampMs": e.timestamp_ms, "metadata": e.metadata, "properties": e.properties })
+}
+
+/// An information message's payload.
+pub fn info_value(info: &InfoMessage) -> Value {
+    json!({ "logicalTimestampMs": info.logical_timestamp_ms, "message": info.message })
 }
 
 /// Renders an upstream event's payload into `buf` (cleared first); returns the event name.
@@ -206,13 +263,8 @@ pub fn render(event: &UpstreamEvent, now_ms: i64, buf: &mut Vec<u8>) -> &'static
         UpstreamEvent::Progress { percent } => {
             ("control-message", json!({ "event": "JOB_PROGRESS", "progress": percent, "timestampMs": now_ms }))
         }
-        UpstreamEvent::Info(info) => {
-            ("message", json!({ "logicalTimestampMs": info.logical_timestamp_ms, "message": info.message }))
-        }
-        UpstreamEvent::Event(e) => (
-            "event",
-            json!({ "tsId": e.tsid, "timestampMs": e.timestamp_ms, "metadata": e.metadata, "properties": e.properties }),
-        ),
+        UpstreamEvent::Info(info) => ("message", info_value(info)),
+        UpstreamEvent::Event(e) => ("event", event_value(e)),
         UpstreamEvent::Expired(tsid) => ("expired-tsid", json!({ "tsId": tsid })),
         UpstreamEvent::Disconnected { reason } => {
             buf.extend_from_slice(&notice("UPSTREAM_DISCONNECTED", now_ms, json!({ "reason": reason })));
@@ -240,6 +292,14 @@ pub fn render(event: &UpstreamEvent, now_ms: i64, buf: &mut Vec<u8>) -> &'static
 }
 
 /// The last event: `control-message` END_OF_CHANNEL / CHANNEL_ABORT, or `error`.
+/// The event name of a computation's last event.
+fn terminal_name(terminal: &Terminal) -> &'static str {
+    match terminal {
+        Terminal::EndOfChannel | Terminal::Aborted { .. } => "control-message",
+        Terminal::Error(_) | Terminal::Failed(_) => "error",
+    }
+}
+
 pub fn terminal_json(terminal: &Terminal, now_ms: i64) -> (&'static str, Value) {
     match terminal {
         Terminal::EndOfChannel => ("control-message", json!({ "event": "END_OF_CHANNEL", "timestampMs": now_ms })),
@@ -273,25 +333,35 @@ pub fn terminal_json(terminal: &Terminal, now_ms: i64) -> (&'static str, Value) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{DataPoint, Tsid};
+
+    fn progress() -> EventKind {
+        EventKind::Upstream(UpstreamEvent::Progress { percent: 100 })
+    }
 
     #[test]
     fn sse_and_ndjson_framing() {
-        let e = GatewayEvent::new(Some(7), "data", br#"{"a":1}"#);
-        assert_eq!(&e.sse[..], b"id: 7\nevent: data\ndata: {\"a\":1}\n\n");
+        let e = GatewayEvent::new(Some(7), progress(), br#"{"a":1}"#);
+        assert_eq!(&e.sse[..], b"id: 7\nevent: control-message\ndata: {\"a\":1}\n\n");
         assert_eq!(&e.json[..], br#"{"a":1}"#);
-        assert_eq!(&e.ndjson()[..], b"{\"id\":7,\"type\":\"data\",\"data\":{\"a\":1}}\n");
-        let snapshot = GatewayEvent::new(None, "metadata", b"{}");
-        assert_eq!(&snapshot.sse[..], b"event: metadata\ndata: {}\n\n");
-        assert_eq!(&snapshot.ndjson()[..], b"{\"type\":\"metadata\",\"data\":{}}\n");
+        assert_eq!(&e.ndjson()[..], b"{\"id\":7,\"type\":\"control-message\",\"data\":{\"a\":1}}\n");
+        let snapshot = GatewayEvent::new(None, progress(), b"{}");
+        assert_eq!(&snapshot.sse[..], b"event: control-message\ndata: {}\n\n");
+        assert_eq!(&snapshot.ndjson()[..], b"{\"type\":\"control-message\",\"data\":{}}\n");
+        // The JSON is a slice of the SSE bytes and is not counted twice.
+        assert_eq!(e.size(), e.sse.len());
     }
 
-    fn data_event(points: &[(u64, i64)], blocks: Vec<u32>) -> GatewayEvent {
-        use crate::protocol::{DataPoint, Tsid, Value};
-        let points: Vec<DataPoint> =
-            points.iter().map(|(id, v)| DataPoint { tsid: Tsid(*id), value: Value::Long(*v) }).collect();
+    fn data_event(points: &[(u64, i64)], block_sizes: Vec<u32>) -> GatewayEvent {
+        let points: Vec<DataPoint> = points
+            .iter()
+            .map(|(id, v)| DataPoint { tsid: Tsid(*id), value: crate::protocol::Value::Long(*v) })
+            .collect();
+        let batch = Batch { logical_timestamp_ms: 1000, max_delay_ms: None, points, block_sizes };
+        let event = UpstreamEvent::Data(batch);
         let mut buf = Vec::new();
-        write_data_json(&mut buf, 1000, None, &points);
-        GatewayEvent::new(Some(3), "data", &buf).with_blocks(blocks)
+        assert_eq!(render(&event, 0, &mut buf), "data");
+        GatewayEvent::new(Some(3), EventKind::Upstream(event), &buf)
     }
 
     #[test]
@@ -311,22 +381,46 @@ mod tests {
         assert_eq!(&whole.signalflow()[..], &whole.sse[b"id: 3\n".len()..]);
         let single = data_event(&[(1, 10)], vec![1]);
         assert_eq!(&single.signalflow()[..], &single.sse[b"id: 3\n".len()..]);
+        // The decoded points count towards the ring's byte bound.
+        assert!(whole.size() > whole.sse.len());
     }
 
     #[test]
     fn signalflow_flavour_drops_ids_and_notices_but_ends_with_an_abort() {
-        let e = GatewayEvent::new(Some(12), "control-message", br#"{"event":"JOB_START"}"#);
+        let start = EventKind::Upstream(UpstreamEvent::JobStarted { handle: "H".into() });
+        let e = GatewayEvent::new(Some(12), start, br#"{"event":"JOB_START"}"#);
         assert_eq!(&e.signalflow()[..], b"event: control-message\ndata: {\"event\":\"JOB_START\"}\n\n");
-        let lost = GatewayEvent::new(Some(13), "gateway", &notice("UPSTREAM_DISCONNECTED", 5, json!({})));
-        assert!(lost.signalflow().is_empty());
-        let shutdown = GatewayEvent::new(Some(14), "gateway", &notice("SHUTTING_DOWN", 5, json!({})));
+        let lost = UpstreamEvent::Disconnected { reason: "gone".into() };
+        let mut buf = Vec::new();
+        assert_eq!(render(&lost, 5, &mut buf), "gateway");
+        assert!(GatewayEvent::new(Some(13), EventKind::Upstream(lost), &buf).signalflow().is_empty());
+        let missed = GatewayEvent::notice(None, Notice::ReplayIncomplete, 5, json!({}));
+        assert!(missed.signalflow().is_empty());
+        let shutdown = GatewayEvent::notice(Some(14), Notice::ShuttingDown, 5, json!({}));
+        assert_eq!(shutdown.name(), "gateway");
         let text = String::from_utf8(shutdown.signalflow().to_vec()).unwrap();
         let (head, body) = text.split_once("\ndata: ").unwrap();
         assert_eq!(head, "event: control-message");
         let body: Value = serde_json::from_str(body.trim_end()).unwrap();
         assert_eq!(body["event"], "CHANNEL_ABORT");
-        assert_eq!(body["timestampMs"], 5);
         assert_eq!(body["abortInfo"]["sf_job_abortState"], "STOPPED");
         assert_eq!(body["abortInfo"]["sf_job_abortReason"], "the gateway is shutting down");
+    }
+
+    #[test]
+    fn every_kind_is_named_as_its_rendered_payload_says() {
+        let events = [
+            UpstreamEvent::JobStarted { handle: "H".into() },
+            UpstreamEvent::Expired(Tsid(1)),
+            UpstreamEvent::Resumed { gap_ms: 0, outage_ms: 1 },
+            UpstreamEvent::StopEnforced { stop_ms: 1, logical_timestamp_ms: 1 },
+            UpstreamEvent::Ended(Terminal::EndOfChannel),
+            UpstreamEvent::Ended(Terminal::Failed("x".into())),
+        ];
+        for event in events {
+            let mut buf = Vec::new();
+            let rendered = render(&event, 0, &mut buf);
+            assert_eq!(EventKind::Upstream(event).name(), rendered);
+        }
     }
 }

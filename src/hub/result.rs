@@ -7,11 +7,11 @@
 //! stopped and the collection fails with [`CollectError::TooLarge`].
 
 use super::computation::{Entry, SubscribeOutcome};
+use super::render::{self, EventKind, GatewayEvent, Notice};
 use super::stream::Format;
-use crate::protocol::Tsid;
-use crate::upstream::{ComputationError, Terminal};
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use crate::protocol::{Tsid, Value};
+use crate::upstream::{Terminal, UpstreamEvent};
+use serde_json::Map;
 use std::collections::{BTreeMap, HashMap};
 
 /// Caps on one result.
@@ -25,9 +25,9 @@ pub struct ResultLimits {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesResult {
     pub tsid: Tsid,
-    pub properties: Map<String, Value>,
-    /// Logical timestamp → value (`None`: present without a value).
-    pub points: BTreeMap<i64, Option<f64>>,
+    pub properties: Map<String, serde_json::Value>,
+    /// Logical timestamp → value as the service sent it (integers stay exact).
+    pub points: BTreeMap<i64, Value>,
 }
 
 /// A completed computation's output.
@@ -36,9 +36,9 @@ pub struct CollectedResult {
     /// In order of first appearance.
     pub series: Vec<SeriesResult>,
     /// Detector events, as their JSON payloads.
-    pub events: Vec<Value>,
+    pub events: Vec<serde_json::Value>,
     /// Information messages (`message` payloads).
-    pub messages: Vec<Value>,
+    pub messages: Vec<serde_json::Value>,
 }
 
 impl CollectedResult {
@@ -66,28 +66,6 @@ pub enum CollectError {
     Busy,
 }
 
-#[derive(Deserialize)]
-struct MetadataPayload {
-    #[serde(rename = "tsId")]
-    tsid: Tsid,
-    #[serde(default)]
-    properties: Map<String, Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct DataPayload {
-    logical_timestamp_ms: i64,
-    data: Vec<PointPayload>,
-}
-
-#[derive(Deserialize)]
-struct PointPayload {
-    #[serde(rename = "tsId")]
-    tsid: Tsid,
-    value: Option<f64>,
-}
-
 struct Collector {
     limits: ResultLimits,
     index: HashMap<Tsid, usize>,
@@ -96,7 +74,11 @@ struct Collector {
 }
 
 impl Collector {
-    fn series(&mut self, tsid: Tsid, properties: Option<Map<String, Value>>) -> Result<usize, CollectError> {
+    fn series(
+        &mut self,
+        tsid: Tsid,
+        properties: Option<Map<String, serde_json::Value>>,
+    ) -> Result<usize, CollectError> {
         if let Some(&i) = self.index.get(&tsid) {
             if let Some(p) = properties {
                 self.result.series[i].properties = p;
@@ -117,18 +99,20 @@ impl Collector {
     }
 
     /// Takes one event; `Some` with the terminal once the computation has ended.
-    fn take(&mut self, name: &str, json: &[u8]) -> Result<Option<Terminal>, CollectError> {
-        match name {
-            "metadata" => {
-                if let Ok(m) = serde_json::from_slice::<MetadataPayload>(json) {
-                    self.series(m.tsid, Some(m.properties))?;
-                }
+    fn take(&mut self, event: &GatewayEvent) -> Result<Option<Terminal>, CollectError> {
+        let upstream = match &event.kind {
+            EventKind::Notice(Notice::ReplayIncomplete) => return Err(CollectError::Incomplete),
+            EventKind::Notice(_) => return Ok(None),
+            EventKind::Upstream(upstream) => upstream,
+        };
+        match upstream {
+            UpstreamEvent::Metadata(m) => {
+                self.series(m.tsid, Some(m.properties.clone()))?;
             }
-            "data" => {
-                let Ok(d) = serde_json::from_slice::<DataPayload>(json) else { return Ok(None) };
-                for p in d.data {
+            UpstreamEvent::Data(batch) => {
+                for p in &batch.points {
                     let i = self.series(p.tsid, None)?;
-                    if self.result.series[i].points.insert(d.logical_timestamp_ms, p.value).is_none() {
+                    if self.result.series[i].points.insert(batch.logical_timestamp_ms, p.value).is_none() {
                         self.points += 1;
                     }
                     if self.points > self.limits.max_points {
@@ -136,40 +120,12 @@ impl Collector {
                     }
                 }
             }
-            "event" => self.result.events.push(serde_json::from_slice(json).unwrap_or(Value::Null)),
-            "message" => self.result.messages.push(serde_json::from_slice(json).unwrap_or(Value::Null)),
-            "error" | "control-message" => return Ok(terminal_of(name, json)),
-            "gateway" if contains(json, b"REPLAY_INCOMPLETE") => return Err(CollectError::Incomplete),
+            UpstreamEvent::Event(e) => self.result.events.push(render::event_value(e)),
+            UpstreamEvent::Info(info) => self.result.messages.push(render::info_value(info)),
+            UpstreamEvent::Ended(terminal) => return Ok(Some(terminal.clone())),
             _ => {}
         }
         Ok(None)
-    }
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-/// The terminal a final event stands for (`None` for a control message that is not final).
-fn terminal_of(name: &str, json: &[u8]) -> Option<Terminal> {
-    let v: Value = serde_json::from_slice(json).ok()?;
-    let text = |key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
-    if name == "error" {
-        return Some(Terminal::Error(ComputationError {
-            code: v.get("error").and_then(Value::as_i64),
-            error_type: text("errorType"),
-            message: text("message"),
-            line: v.pointer("/context/line").and_then(Value::as_i64),
-            column: v.pointer("/context/column").and_then(Value::as_i64),
-        }));
-    }
-    match v.get("event").and_then(Value::as_str)? {
-        "END_OF_CHANNEL" => Some(Terminal::EndOfChannel),
-        "CHANNEL_ABORT" => {
-            let info = |k: &str| v.pointer(&format!("/abortInfo/{k}")).and_then(Value::as_str).unwrap_or("").to_owned();
-            Some(Terminal::Aborted { state: info("sf_job_abortState"), reason: info("sf_job_abortReason") })
-        }
-        _ => None,
     }
 }
 
@@ -194,7 +150,7 @@ pub async fn collect(entry: &Entry, limits: ResultLimits) -> Result<CollectedRes
             if let Some(seq) = event.seq {
                 last_seen = Some(seq);
             }
-            match collector.take(event.name, &event.json)? {
+            match collector.take(&event)? {
                 Some(Terminal::EndOfChannel) => return Ok(collector.result),
                 Some(other) => return Err(CollectError::Failed(other)),
                 None => {}

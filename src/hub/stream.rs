@@ -309,43 +309,64 @@ impl Subscription {
 /// An SSE comment: a heartbeat that is never a data event.
 const SSE_HEARTBEAT: &[u8] = b": heartbeat\n\n";
 
-impl futures::Stream for Subscription {
-    type Item = Result<Bytes, std::convert::Infallible>;
+/// What a subscription yields next, before framing.
+pub enum Piece {
+    /// The SSE `retry:` prelude.
+    Prelude(Bytes),
+    Event(Arc<GatewayEvent>),
+    Heartbeat,
+}
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+impl Subscription {
+    /// The next piece, unframed: for consumers that look at what an event is (the compat
+    /// stream) before sending its bytes.
+    pub fn poll_piece(&mut self, cx: &mut Context<'_>) -> Poll<Option<Piece>> {
         if let Some(prelude) = self.prelude.take() {
-            return Poll::Ready(Some(Ok(prelude)));
+            return Poll::Ready(Some(Piece::Prelude(prelude)));
         }
-        while let Some(event) = self.initial.next() {
+        if let Some(event) = self.initial.next() {
             if self.initial.len() == 0 {
                 // Replays can be long; a drained one keeps no memory per subscriber.
                 self.initial = Vec::new().into_iter();
             }
-            let bytes = frame(&event, self.format);
+            return Poll::Ready(Some(Piece::Event(event)));
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(item)) => {
+                self.progress.fetch_add(1, Ordering::Relaxed);
+                Poll::Ready(Some(match item {
+                    Item::Event(event) => Piece::Event(event),
+                    Item::Heartbeat => Piece::Heartbeat,
+                }))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// A piece's bytes in this subscription's format; empty when the format leaves it out.
+    pub fn frame(&self, piece: &Piece) -> Bytes {
+        match piece {
+            Piece::Prelude(bytes) => bytes.clone(),
+            Piece::Event(event) => frame(event, self.format),
+            // NDJSON has no comment syntax; a blank line would be a line that is not JSON.
+            Piece::Heartbeat if self.format == Framing::Ndjson => Bytes::new(),
+            Piece::Heartbeat => Bytes::from_static(SSE_HEARTBEAT),
+        }
+    }
+}
+
+impl futures::Stream for Subscription {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            let Some(piece) = std::task::ready!(self.poll_piece(cx)) else { return Poll::Ready(None) };
+            let bytes = self.frame(&piece);
             // An empty chunk is nothing to send (an event this format leaves out).
             if !bytes.is_empty() {
                 return Poll::Ready(Some(Ok(bytes)));
             }
-        }
-        loop {
-            return match self.rx.poll_recv(cx) {
-                Poll::Ready(Some(item)) => {
-                    self.progress.fetch_add(1, Ordering::Relaxed);
-                    match item {
-                        Item::Event(event) => match frame(&event, self.format) {
-                            bytes if bytes.is_empty() => continue,
-                            bytes => Poll::Ready(Some(Ok(bytes))),
-                        },
-                        Item::Heartbeat if self.format != Framing::Ndjson => {
-                            Poll::Ready(Some(Ok(Bytes::from_static(SSE_HEARTBEAT))))
-                        }
-                        // NDJSON has no comment syntax; a blank line would be a line that is not JSON.
-                        Item::Heartbeat => continue,
-                    }
-                }
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            };
         }
     }
 }
@@ -353,9 +374,11 @@ impl futures::Stream for Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::render::{EventKind, Notice};
 
     fn event(seq: u64, size: usize) -> Arc<GatewayEvent> {
-        Arc::new(GatewayEvent::new(Some(seq), "data", &vec![b'1'; size]))
+        let kind = EventKind::Upstream(crate::upstream::UpstreamEvent::Progress { percent: 100 });
+        Arc::new(GatewayEvent::new(Some(seq), kind, &vec![b'1'; size]))
     }
 
     #[test]
@@ -394,7 +417,7 @@ mod tests {
     fn a_full_queue_gets_the_notice_in_its_last_slot_then_is_dropped() {
         let (mut sub, mut stream) = subscriber(1, 3, vec![], None, Format::Sse, Unsubscribe(None));
         let notice =
-            || Item::Event(Arc::new(GatewayEvent::new(None, "gateway", b"{\"event\":\"SUBSCRIBER_TOO_SLOW\"}")));
+            || Item::Event(Arc::new(GatewayEvent::notice(None, Notice::SubscriberTooSlow, 0, serde_json::json!({}))));
         assert_eq!(sub.push(Item::Event(event(1, 1)), &notice), Delivery::Sent);
         assert_eq!(sub.push(Item::Event(event(2, 1)), &notice), Delivery::Sent);
         assert_eq!(sub.push(Item::Event(event(3, 1)), &notice), Delivery::Dropped(DropReason::QueueFull));

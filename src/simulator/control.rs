@@ -225,7 +225,7 @@ async fn set_metadata(
 
 #[derive(Deserialize)]
 struct ValueBody {
-    value: f64,
+    value: crate::protocol::Value,
 }
 
 async fn set_value(

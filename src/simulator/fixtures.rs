@@ -6,6 +6,7 @@
 //! table is bounded ([`MAX_ENTRIES`]); the control API answers 409 past it.
 
 use crate::protocol::Tsid;
+use crate::protocol::Value as PointValue;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
@@ -17,7 +18,7 @@ pub const MAX_ENTRIES: usize = 100_000;
 pub struct Fixtures {
     programs: HashMap<String, Vec<Tsid>>,
     metadata: HashMap<Tsid, Map<String, Value>>,
-    values: HashMap<Tsid, f64>,
+    values: HashMap<Tsid, PointValue>,
     errors: HashMap<String, String>,
 }
 
@@ -45,8 +46,8 @@ impl Fixtures {
         insert_bounded(&mut self.metadata, tsid, properties)
     }
 
-    /// `SetTSIDFloatData`.
-    pub fn set_value(&mut self, tsid: Tsid, value: f64) -> Result<(), FixturesFull> {
+    /// `SetTSIDFloatData` (an integer stays an exact integer on the wire).
+    pub fn set_value(&mut self, tsid: Tsid, value: PointValue) -> Result<(), FixturesFull> {
         insert_bounded(&mut self.values, tsid, value)
     }
 
@@ -72,7 +73,7 @@ impl Fixtures {
         self.metadata.get(&tsid)
     }
 
-    pub fn value(&self, tsid: Tsid) -> Option<f64> {
+    pub fn value(&self, tsid: Tsid) -> Option<PointValue> {
         self.values.get(&tsid).copied()
     }
 

@@ -357,14 +357,11 @@ impl SeriesTracker {
 
 /// The data message of one metric block at logical timestamp `t`. Missing values are left out
 /// rather than sent as type 0: Java clients drop a whole message that contains one (G5).
-pub fn data_message(channel: &str, t: i64, points: &[(Tsid, Option<f64>)]) -> DataMessage {
+pub fn data_message(channel: &str, t: i64, points: &[(Tsid, Option<Value>)]) -> DataMessage {
     let body = DataBody {
         logical_timestamp_ms: t,
         max_delay_ms: None,
-        points: points
-            .iter()
-            .filter_map(|(tsid, v)| v.map(|v| DataPoint { tsid: *tsid, value: Value::Double(v) }))
-            .collect(),
+        points: points.iter().filter_map(|(tsid, v)| v.map(|value| DataPoint { tsid: *tsid, value })).collect(),
     };
     DataMessage { channel: channel.to_owned(), body }
 }
@@ -380,7 +377,7 @@ mod tests {
 
     #[test]
     fn series_tracker_reports_leavers_and_asks_for_metadata_again_on_return() {
-        let block = |ids: &[u64]| Block::Metric(ids.iter().map(|&i| (Tsid(i), Some(1.0))).collect());
+        let block = |ids: &[u64]| Block::Metric(ids.iter().map(|&i| (Tsid(i), Some(Value::Double(1.0)))).collect());
         let mut series = SeriesTracker::new(2);
         assert_eq!(series.update(0, &block(&[1, 2, 3])), Some(vec![]));
         assert!([1, 2, 3].into_iter().all(|i| series.needs_metadata(Tsid(i))));

@@ -11,14 +11,16 @@ use super::language::{
     BlockRef, CompiledProgram, Evaluator, FindReport, OutputKind, OutputSpec, SeriesId, SeriesIdentity,
 };
 use crate::protocol::Tsid;
+use crate::protocol::Value as PointValue;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
 /// One output block's content at one timestamp, with TSIDs assigned.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Block {
-    /// Series present at this timestamp and their values (`None`: present, no value).
-    Metric(Vec<(Tsid, Option<f64>)>),
+    /// Series present at this timestamp and their values (`None`: present, no value). Values
+    /// are as sent: a program's are doubles, a fixture's may be exact integers.
+    Metric(Vec<(Tsid, Option<PointValue>)>),
     /// Detector transitions.
     Events(Vec<SourceEvent>),
 }
@@ -187,7 +189,12 @@ impl JobSource {
                             BlockRef::Metric(points) => Block::Metric(
                                 points
                                     .iter()
-                                    .map(|p| (series.tsid_for_id(i, spec, p.series, evaluator), p.value))
+                                    .map(|p| {
+                                        (
+                                            series.tsid_for_id(i, spec, p.series, evaluator),
+                                            p.value.map(PointValue::Double),
+                                        )
+                                    })
                                     .collect(),
                             ),
                             BlockRef::Events(events) => Block::Events(

@@ -142,3 +142,45 @@ async fn whole_results_have_limits_and_need_a_bounded_query() {
     assert_eq!(invalid.json::<Json>().await.unwrap()["type"], "/problems/program-error");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn whole_results_keep_integers_above_two_to_the_53_exact_in_json_and_csv() {
+    let gw = spawn_gateway(test_settings()).await;
+    // 2^53 + 1 and i64::MAX: neither survives a trip through an f64.
+    let (big, max) = (9_007_199_254_740_993_i64, i64::MAX);
+    let program = "data('exact.counter').publish('A')";
+    let fixtures = [("AAAAAAAAAAE", big), ("AAAAAAAAAAI", max)];
+    let tsids: Vec<&str> = fixtures.iter().map(|(t, _)| *t).collect();
+    let r = gw.http.post(gw.url("/_sim/programs")).json(&json!({"program": program, "tsids": tsids})).send().await;
+    assert!(r.unwrap().status().is_success());
+    for (tsid, value) in fixtures {
+        let metadata = json!({"sf_resolutionMs": 1000, "sf_streamLabel": "A", "host": tsid});
+        let r = gw.http.put(gw.url(&format!("/_sim/series/{tsid}/metadata"))).json(&metadata).send().await;
+        assert!(r.unwrap().status().is_success());
+        let r = gw.http.put(gw.url(&format!("/_sim/series/{tsid}/value"))).json(&json!({"value": value})).send().await;
+        assert!(r.unwrap().status().is_success());
+    }
+    let now = signalflow_gateway::clock::now_ms() / 1000 * 1000;
+    let body = json!({"program": program, "start": now - 10_000, "stop": now - 7_000, "resolution": 1000});
+    let text = gw.post_json("/computations?wait=true", body.clone()).await.text().await.unwrap();
+    let result: Json = serde_json::from_str(&text).unwrap();
+    let series = result["series"].as_array().unwrap();
+    assert_eq!(series.len(), 2, "{text}");
+    for s in series {
+        let expected = if s["tsId"] == "AAAAAAAAAAE" { big } else { max };
+        let values: Vec<i64> = s["points"].as_array().unwrap().iter().map(|p| p[1].as_i64().unwrap()).collect();
+        assert_eq!(values, [expected; 3], "{text}");
+    }
+    let csv = gw.http.post(gw.url("/computations?wait=true")).header("accept", "text/csv").json(&body).send().await;
+    let csv = csv.unwrap().text().await.unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows.len(), 4, "{csv}");
+    for row in &rows[1..] {
+        let mut cells: Vec<&str> = row.split(',').skip(1).collect();
+        cells.sort_unstable();
+        let mut expected = [big.to_string(), max.to_string()];
+        expected.sort_unstable();
+        assert_eq!(cells, expected, "{csv}");
+    }
+    gw.stop().await;
+}
