@@ -13,6 +13,7 @@
 //! Run: `cargo bench --bench simulator`.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use parking_lot::Mutex;
 use signalflow_gateway::protocol::WsFrame;
 use signalflow_gateway::protocol::messages::{EncodeOptions, ServerMessage, encode_server_message};
 use signalflow_gateway::simulator::fixtures::Fixtures;
@@ -21,7 +22,7 @@ use signalflow_gateway::simulator::job::{SeriesTracker, data_message};
 use signalflow_gateway::simulator::language::{self, EvalOptions};
 use signalflow_gateway::simulator::source::{Block, JobSource};
 use std::hint::black_box;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 const GROUPS: usize = 10;
 const HOSTS: usize = 100;

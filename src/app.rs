@@ -87,7 +87,8 @@ impl Application {
         let Application { listener, router, hub, simulator, cancel, settings } = self;
         let stopping = CancellationToken::new();
         let signal = stopping.clone();
-        tokio::spawn(async move {
+        // Ended below whatever happens, so it never outlives the server.
+        let signal_task = tokio::spawn(async move {
             shutdown.await;
             signal.cancel();
         });
@@ -112,6 +113,7 @@ impl Application {
         let pools = hub.pools().all();
         futures::future::join_all(pools.iter().map(|p| p.shutdown(limit / 2))).await;
         cancel.cancel();
+        signal_task.abort();
         if let Some(sim) = simulator {
             let _ = sim.shutdown().await;
         }

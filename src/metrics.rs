@@ -6,9 +6,9 @@
 
 use crate::hub::{Hub, LATENCY_BUCKETS_US};
 use crate::upstream::pool::PoolStats;
+use parking_lot::Mutex;
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
 /// Requests by (method, route template, status).
@@ -20,12 +20,12 @@ pub struct HttpMetrics {
 impl HttpMetrics {
     pub fn record(&self, method: &str, route: &str, status: u16) {
         // Short critical section, no await.
-        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let mut requests = self.requests.lock();
         *requests.entry((method.to_owned(), route.to_owned(), status)).or_insert(0) += 1;
     }
 
     fn snapshot(&self) -> BTreeMap<(String, String, u16), u64> {
-        self.requests.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.requests.lock().clone()
     }
 }
 

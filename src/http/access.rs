@@ -25,13 +25,12 @@ use std::time::Instant;
 /// Routes that never need a key (probes, the contract).
 const OPEN_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/openapi.yaml"];
 
-/// Constant-time equality: the time depends only on the lengths.
+/// Equality in constant time (`subtle`), compared as SHA-256 digests so that neither the
+/// content nor the length of a configured key shows in the timing.
 fn same(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
-    }
-    diff == 0
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    Sha256::digest(a).as_slice().ct_eq(Sha256::digest(b).as_slice()).into()
 }
 
 /// The key a request presents, from the header or the query.
@@ -42,35 +41,8 @@ fn presented_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(|v| v.trim().to_owned());
     bearer.or_else(|| {
-        query?.split('&').find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            (k == "access_token").then(|| percent_decode(v))
-        })
+        form_urlencoded::parse(query?.as_bytes()).find(|(k, _)| k == "access_token").map(|(_, v)| v.into_owned())
     })
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Checks the API key, if keys are configured.
@@ -219,6 +191,6 @@ mod tests {
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer secret"));
         assert_eq!(presented_key(&headers, Some("access_token=other")), Some("secret".to_owned()));
         assert_eq!(presented_key(&HeaderMap::new(), Some("a=1")), None);
-        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(presented_key(&HeaderMap::new(), Some("access_token=%zz%4")), Some("%zz%4".to_owned()));
     }
 }

@@ -238,10 +238,7 @@ async fn stop(
 ) -> Result<Response, CompatError> {
     let Query(q) = query.map_err(|e| invalid(e.body_text()))?;
     let entry = by_handle(&state, tenant, &handle)?;
-    let reason = q.reason.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "stopped by request".into());
-    if reason.len() > 1024 {
-        return Err(invalid("reason: at most 1024 bytes".into()));
-    }
+    let reason = super::computations::stop_reason(q.reason)?;
     if !entry.is_ended() {
         state.hub.stop(&entry, &reason).await;
     }
@@ -284,12 +281,7 @@ async fn stream(entry: Arc<Entry>) -> Result<Response, CompatError> {
             return Err(ApiError::limit("the subscriber limit is reached").into());
         }
     };
-    let mut response = Body::from_stream(Joined::new(subscription, entry)).into_response();
-    let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    Ok(super::events::stream_body(Body::from_stream(Joined::new(subscription, entry)), "text/event-stream"))
 }
 
 /// A stream as the SignalFlow clients need it when it does not start at the job's start (an

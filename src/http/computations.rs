@@ -87,12 +87,10 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Response, ApiError> {
     let (raw, share) = body.into_raw();
-    match query.wait.as_deref().map(str::to_ascii_lowercase).as_deref() {
-        None | Some("false") | Some("0") => {}
-        Some("true") | Some("1") | Some("") => {
-            return super::results::whole_result(&state, &tenant, raw, &headers).await;
-        }
-        Some(other) => return Err(ApiError::invalid("wait", format!("{other:?} is not true or false"))),
+    // `?wait` with no value means yes.
+    let wait = super::parse_flag(query.wait.as_deref(), Some(true)).map_err(|e| ApiError::invalid("wait", e))?;
+    if wait == Some(true) {
+        return super::results::whole_result(&state, &tenant, raw, &headers).await;
     }
     if let Some(format) = super::events::stream_format(&headers) {
         let (entry, _) = create_entry(&state, &tenant, raw, share).await?;
@@ -141,12 +139,18 @@ pub async fn stop(
     if entry.is_ended() {
         return Err(ApiError::conflict(format!("computation {id:?} has already ended")));
     }
-    let reason = query.reason.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "stopped by request".into());
-    if reason.len() > 1024 {
-        return Err(ApiError::invalid("reason", "at most 1024 bytes"));
-    }
+    let reason = stop_reason(query.reason)?;
     state.hub.stop(&entry, &reason).await;
     Ok(Json(view(&entry)))
+}
+
+/// A stop's reason: the one given (at most 1024 bytes), or "stopped by request".
+pub fn stop_reason(given: Option<String>) -> Result<String, ApiError> {
+    let reason = given.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "stopped by request".into());
+    if reason.len() > 1024 {
+        return Err(ApiError::invalid("reason", "reason: at most 1024 bytes"));
+    }
+    Ok(reason)
 }
 
 pub async fn metadata(

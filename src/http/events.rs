@@ -83,7 +83,12 @@ pub fn stream_response(subscription: Subscription, format: Format) -> Response {
         Format::Sse => "text/event-stream",
         Format::Ndjson => "application/x-ndjson",
     };
-    let mut response = Body::from_stream(subscription).into_response();
+    stream_body(Body::from_stream(subscription), content_type)
+}
+
+/// An event stream's response: its content type, never cached, never buffered by a proxy.
+pub fn stream_body(body: Body, content_type: &'static str) -> Response {
+    let mut response = body.into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));

@@ -15,10 +15,11 @@ use crate::protocol::Tsid;
 use crate::protocol::metadata::MetadataMessage;
 use crate::upstream::{ComputationControl, EventReceiver, Terminal, UpstreamEvent};
 use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -67,6 +68,18 @@ pub struct Entry {
     metadata: Mutex<HashMap<Tsid, Arc<MetadataMessage>>>,
 }
 
+impl Phase {
+    /// The phase's name (`starting`, `running`, `reconnecting`, `ended`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Reconnecting => "reconnecting",
+            Phase::Ended(_) => "ended",
+        }
+    }
+}
+
 impl Entry {
     pub fn phase(&self) -> Phase {
         self.phase.borrow().clone()
@@ -78,7 +91,7 @@ impl Entry {
 
     /// Short critical section, no await.
     fn metadata(&self) -> MutexGuard<'_, HashMap<Tsid, Arc<MetadataMessage>>> {
-        self.metadata.lock().unwrap_or_else(|p| p.into_inner())
+        self.metadata.lock()
     }
 
     /// Every known series' metadata, ordered by TSID. The lock is held only to copy the
@@ -455,12 +468,7 @@ impl Pump {
 
     fn replay_incomplete(&self, oldest: Option<u64>) -> GatewayEvent {
         let state = self.entry.control.state();
-        let status = match self.entry.phase() {
-            Phase::Starting => "STARTING",
-            Phase::Running => "RUNNING",
-            Phase::Reconnecting => "RECONNECTING",
-            Phase::Ended(_) => "ENDED",
-        };
+        let status = self.entry.phase().name().to_ascii_uppercase();
         let extra = json!({
             "oldestId": oldest,
             "status": status,

@@ -22,9 +22,10 @@ pub use tenant::{Pools, Tenant};
 
 use crate::config::{Limits, Settings, StreamSettings};
 use crate::upstream::UpstreamError;
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tenant::TooManyTenants;
 use tokio_util::sync::CancellationToken;
@@ -134,21 +135,16 @@ pub struct HubInner {
     pub stats: HubStats,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Short critical sections with no await inside.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl HubInner {
     /// Drops a computation from the registry (its pump is ending).
     pub(crate) fn remove(&self, entry: &Entry) {
         self.forget_key(entry);
-        lock(&self.entries).remove(&entry.id);
+        self.entries.lock().remove(&entry.id);
     }
 
     /// Stops sharing a computation (it ended).
     pub(crate) fn forget_key(&self, entry: &Entry) {
-        let mut by_key = lock(&self.by_key);
+        let mut by_key = self.by_key.lock();
         if by_key.get(&entry.key) == Some(&entry.id) {
             by_key.remove(&entry.key);
         }
@@ -179,7 +175,8 @@ impl Hub {
         };
         let inner = Arc::downgrade(&hub.inner);
         let shutdown = hub.inner.shutdown.clone();
-        tokio::spawn(async move {
+        // On the tracker, so a shutdown waits for it as for every pump.
+        hub.inner.tracker.spawn(async move {
             // Idle tenant pools are closed on a slow tick; nothing here is time-critical.
             let mut tick = tokio::time::interval(Duration::from_secs(10));
             loop {
@@ -233,7 +230,7 @@ impl Hub {
             return Ok(Created { entry, new: true });
         }
         let in_flight = {
-            let mut creating = lock(&self.inner.creating);
+            let mut creating = self.inner.creating.lock();
             if let Some(entry) = self.shareable(&key) {
                 return Ok(self.joined(entry));
             }
@@ -248,7 +245,7 @@ impl Hub {
             .await
             .clone();
         {
-            let mut creating = lock(&self.inner.creating);
+            let mut creating = self.inner.creating.lock();
             if creating.get(&key).is_some_and(|c| Arc::ptr_eq(c, &in_flight)) {
                 creating.remove(&key);
             }
@@ -294,9 +291,9 @@ impl Hub {
             now_ms: now,
         };
         let entry = computation::start(&self.inner, new);
-        lock(&self.inner.entries).insert(id.clone(), entry.clone());
+        self.inner.entries.lock().insert(id.clone(), entry.clone());
         if share {
-            lock(&self.inner.by_key).insert(key, id);
+            self.inner.by_key.lock().insert(key, id);
         }
         self.inner.stats.computations_created.fetch_add(1, Ordering::Relaxed);
         tracing::info!(computation = %entry.id, "computation created");
@@ -309,7 +306,7 @@ impl Hub {
         let max = self.inner.settings.limits.max_computations;
         let reservation = Reservation(&self.inner.starting);
         let starting = self.inner.starting.fetch_add(1, Ordering::AcqRel);
-        let live = lock(&self.inner.entries).values().filter(|e| !e.is_ended()).count();
+        let live = self.inner.entries.lock().values().filter(|e| !e.is_ended()).count();
         if live + starting >= max {
             return Err(HubError::TooManyComputations(max));
         }
@@ -317,8 +314,8 @@ impl Hub {
     }
 
     fn shareable(&self, key: &SpecKey) -> Option<Arc<Entry>> {
-        let id = lock(&self.inner.by_key).get(key).cloned()?;
-        let entry = lock(&self.inner.entries).get(&id).cloned()?;
+        let id = self.inner.by_key.lock().get(key).cloned()?;
+        let entry = self.inner.entries.lock().get(&id).cloned()?;
         let whole_history = entry.ring_complete.load(Ordering::Relaxed);
         let from_now = entry.spec.start.is_none();
         (!entry.is_ended() && (whole_history || from_now)).then_some(entry)
@@ -336,13 +333,13 @@ impl Hub {
 
     /// A computation visible to `tenant`.
     pub fn get(&self, id: &str, tenant: &str) -> Option<Arc<Entry>> {
-        lock(&self.inner.entries).get(id).filter(|e| e.tenant == tenant).cloned()
+        self.inner.entries.lock().get(id).filter(|e| e.tenant == tenant).cloned()
     }
 
     /// The most recent computation with this key (running or retained), for resuming one-shot
     /// streams whose URL names no computation id.
     pub fn find_by_key(&self, key: &SpecKey) -> Option<Arc<Entry>> {
-        let entries = lock(&self.inner.entries);
+        let entries = self.inner.entries.lock();
         entries.values().filter(|e| &e.key == key).max_by_key(|e| e.created_at_ms).cloned()
     }
 
@@ -350,7 +347,7 @@ impl Hub {
     /// compat API names computations by handle). A re-executed job has a new handle; the newest
     /// computation wins should two ever share one.
     pub fn find_by_handle(&self, handle: &str, tenant: &str) -> Option<Arc<Entry>> {
-        let entries = lock(&self.inner.entries);
+        let entries = self.inner.entries.lock();
         entries
             .values()
             .filter(|e| e.tenant == tenant && e.control.state().handle.as_deref() == Some(handle))
@@ -361,7 +358,7 @@ impl Hub {
     /// Every computation visible to `tenant`, oldest first.
     pub fn list(&self, tenant: &str) -> Vec<Arc<Entry>> {
         let mut all: Vec<Arc<Entry>> =
-            lock(&self.inner.entries).values().filter(|e| e.tenant == tenant).cloned().collect();
+            self.inner.entries.lock().values().filter(|e| e.tenant == tenant).cloned().collect();
         all.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
         all
     }
@@ -369,14 +366,8 @@ impl Hub {
     /// Counts by phase name, for metrics.
     pub fn phase_counts(&self) -> HashMap<&'static str, usize> {
         let mut counts = HashMap::new();
-        for e in lock(&self.inner.entries).values() {
-            let name = match e.phase() {
-                Phase::Starting => "starting",
-                Phase::Running => "running",
-                Phase::Reconnecting => "reconnecting",
-                Phase::Ended(_) => "ended",
-            };
-            *counts.entry(name).or_insert(0) += 1;
+        for e in self.inner.entries.lock().values() {
+            *counts.entry(e.phase().name()).or_insert(0) += 1;
         }
         counts
     }

@@ -4,12 +4,14 @@
 //! visible only to requests with the same token. A tenant is named by a digest of its token, so
 //! the token itself never becomes a map key, a label or a log field.
 
+use crate::upstream::pool::PoolStats;
 use crate::upstream::{Pool, UpstreamConfig};
+use parking_lot::Mutex;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -56,6 +58,8 @@ pub struct Pools {
     max: usize,
     idle_timeout: Duration,
     shutdown: CancellationToken,
+    /// The counters of tenant pools closed when idle.
+    retired: PoolStats,
 }
 
 /// Too many tokens hold a pool at once.
@@ -86,12 +90,20 @@ impl Pools {
         idle_timeout: Duration,
         shutdown: CancellationToken,
     ) -> Self {
-        Pools { default, template, by_tenant: Mutex::new(HashMap::new()), max, idle_timeout, shutdown }
+        Pools {
+            default,
+            template,
+            by_tenant: Mutex::new(HashMap::new()),
+            max,
+            idle_timeout,
+            shutdown,
+            retired: PoolStats::default(),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, TenantPool>> {
+    fn lock(&self) -> parking_lot::MutexGuard<'_, HashMap<Arc<str>, TenantPool>> {
         // Short critical sections, no await.
-        self.by_tenant.lock().unwrap_or_else(|p| p.into_inner())
+        self.by_tenant.lock()
     }
 
     /// The pool serving `tenant`, created if needed.
@@ -115,6 +127,11 @@ impl Pools {
         tracing::info!(tenant = %tenant.id, "opened an upstream pool for a tenant");
         pools.insert(tenant.id.clone(), TenantPool { pool: pool.clone(), cancel, idle_since: None });
         Ok(pool)
+    }
+
+    /// The counters of the pools closed so far (their sockets are gone; their counts stay).
+    pub fn retired_stats(&self) -> &PoolStats {
+        &self.retired
     }
 
     /// Every pool, for readiness and metrics.
@@ -146,6 +163,7 @@ impl Pools {
             let keep = now.duration_since(since) < self.idle_timeout;
             if !keep {
                 tracing::info!(tenant = %tenant, "closed an idle tenant pool");
+                entry.pool.stats().add_counters_to(&self.retired);
                 entry.cancel.cancel();
             }
             keep
@@ -156,6 +174,33 @@ impl Pools {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// The sum a metrics scrape exports for one counter.
+    fn exported(pools: &Pools, read: fn(&PoolStats) -> u64) -> u64 {
+        pools.all().iter().map(|p| read(p.stats())).sum::<u64>() + read(pools.retired_stats())
+    }
+
+    #[tokio::test]
+    async fn counters_never_go_backwards_when_an_idle_tenant_pool_is_closed() {
+        // Nothing listens on port 1: each attempt counts a connect failure.
+        let mut template = UpstreamConfig::new("ws://127.0.0.1:1/".into(), SecretString::from("unused"));
+        template.backoff_initial = Duration::from_millis(10);
+        template.backoff_max = Duration::from_millis(10);
+        let pools = Pools::pass_through(template, 4, Duration::ZERO, CancellationToken::new());
+        let pool = pools.for_tenant(&Tenant::for_token("tenant-token")).unwrap();
+        let failures = |p: &PoolStats| p.connect_failures.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while failures(pool.stats()) < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "no connect failure counted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let before = exported(&pools, failures);
+        pools.evict_idle(); // marks it idle
+        pools.evict_idle(); // idle for the (zero) timeout: closed
+        assert!(pools.all().is_empty(), "the idle pool was closed");
+        assert!(exported(&pools, failures) >= before, "the exported total went backwards");
+    }
 
     #[test]
     fn tenants_are_named_by_a_digest_never_the_token() {

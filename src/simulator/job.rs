@@ -18,10 +18,11 @@ use crate::protocol::info::{self, InfoMessage};
 use crate::protocol::messages::{DataMessage, EncodeOptions, ServerMessage, encode_server_message};
 use crate::protocol::metadata::{EventMessage, ExpiredTsidMessage, MetadataMessage};
 use crate::protocol::{DataBody, DataPoint, Tsid, Value, WsFrame};
+use parking_lot::Mutex;
 use serde_json::{Map, json};
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -47,13 +48,13 @@ pub struct JobStop {
 impl JobStop {
     /// Ends the job; the first ending given wins.
     pub fn end(&self, ending: Ending) {
-        let mut slot = self.ending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self.ending.lock();
         slot.get_or_insert(ending);
         self.token.cancel();
     }
 
     fn ending(&self) -> Ending {
-        self.ending.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or(Ending::ConnectionClosed)
+        self.ending.lock().clone().unwrap_or(Ending::ConnectionClosed)
     }
 }
 

@@ -42,6 +42,8 @@ pub struct SimulatorHandle {
     pub state: Arc<SimState>,
     cancel: CancellationToken,
     task: JoinHandle<std::io::Result<()>>,
+    /// Background fault injection, ended by `cancel`.
+    faults_task: JoinHandle<()>,
 }
 
 impl SimulatorHandle {
@@ -64,6 +66,7 @@ impl SimulatorHandle {
     pub async fn shutdown(self) -> std::io::Result<()> {
         self.cancel.cancel();
         control::kill_all(&self.state);
+        let _ = self.faults_task.await;
         self.task.await.unwrap_or_else(|e| Err(std::io::Error::other(e)))
     }
 }
@@ -77,18 +80,18 @@ pub fn spawn(
 ) -> SimulatorHandle {
     let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
     let state = SimState::new(config, faults);
-    spawn_fault_tasks(state.clone(), cancel.clone());
+    let faults_task = spawn_fault_tasks(state.clone(), cancel.clone());
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = cancel.clone();
     let task = tokio::spawn(async move {
         axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
     });
-    SimulatorHandle { addr, state, cancel, task }
+    SimulatorHandle { addr, state, cancel, task, faults_task }
 }
 
 /// Background fault injection that is not tied to a request: dropping every connection
 /// periodically (`dropEveryMs`).
-pub fn spawn_fault_tasks(state: Arc<SimState>, cancel: CancellationToken) {
+pub fn spawn_fault_tasks(state: Arc<SimState>, cancel: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let wait = state.faults().drop_every_ms.map_or(Duration::from_millis(250), Duration::from_millis);
@@ -101,5 +104,5 @@ pub fn spawn_fault_tasks(state: Arc<SimState>, cancel: CancellationToken) {
                 tracing::info!(killed, "simulator fault: dropped every connection");
             }
         }
-    });
+    })
 }

@@ -174,7 +174,7 @@ impl JobSource {
     }
 
     /// Evaluates timestamp `t_ms`.
-    pub fn step(&mut self, t_ms: i64, fixtures: &std::sync::Mutex<Fixtures>) -> Vec<Block> {
+    pub fn step(&mut self, t_ms: i64, fixtures: &parking_lot::Mutex<Fixtures>) -> Vec<Block> {
         match self {
             JobSource::Program { evaluator, outputs, series } => {
                 evaluator.step_interned(t_ms);
@@ -214,7 +214,7 @@ impl JobSource {
                     .collect()
             }
             JobSource::Fixture { program, tsids } => {
-                let fixtures = fixtures.lock().unwrap_or_else(|p| p.into_inner());
+                let fixtures = fixtures.lock();
                 // Live lookups: the control API may change the program's series while it runs.
                 if let Some(current) = fixtures.program(program) {
                     tsids.clear();
@@ -226,11 +226,11 @@ impl JobSource {
     }
 
     /// Metadata properties of a series this source produced.
-    pub fn metadata(&self, tsid: Tsid, fixtures: &std::sync::Mutex<Fixtures>) -> Map<String, Value> {
+    pub fn metadata(&self, tsid: Tsid, fixtures: &parking_lot::Mutex<Fixtures>) -> Map<String, Value> {
         match self {
             JobSource::Program { series, .. } => series.metadata.get(&tsid).cloned().unwrap_or_default(),
             JobSource::Fixture { .. } => {
-                let fixtures = fixtures.lock().unwrap_or_else(|p| p.into_inner());
+                let fixtures = fixtures.lock();
                 fixtures.metadata(tsid).cloned().unwrap_or_default()
             }
         }

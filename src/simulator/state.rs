@@ -1,15 +1,16 @@
 //! State shared by every simulator connection and the control API: configuration, injected
 //! faults, FakeBackend-style fixtures, and the registries of open connections and running jobs.
 //!
-//! Locks are `std::sync::Mutex` around short sections with no `.await` inside; nothing here is
+//! Locks are `parking_lot::Mutex` around short sections with no `.await` inside; nothing here is
 //! held across I/O.
 
 use super::fixtures::Fixtures;
 use super::inventory::Inventory;
+use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -181,12 +182,6 @@ pub struct SimStats {
     pub points_sent: AtomicU64,
 }
 
-/// Locks a mutex, recovering the data if a panicking thread poisoned it: the registries stay
-/// usable, and a panic elsewhere is already reported by its own task.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 impl SimState {
     pub fn new(config: SimulatorConfig, faults: Faults) -> Arc<Self> {
         let seed =
@@ -206,15 +201,15 @@ impl SimState {
     }
 
     pub fn faults(&self) -> Faults {
-        lock(&self.faults).clone()
+        self.faults.lock().clone()
     }
 
     pub fn set_faults(&self, faults: Faults) {
-        *lock(&self.faults) = faults;
+        *self.faults.lock() = faults;
     }
 
     pub fn fixtures(&self) -> MutexGuard<'_, Fixtures> {
-        lock(&self.fixtures)
+        self.fixtures.lock()
     }
 
     /// A fresh 11-character job handle, unique within this process.
@@ -229,46 +224,46 @@ impl SimState {
     pub fn register_connection(&self, entry: ConnectionEntry) -> u64 {
         let id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         self.stats.connections_opened.fetch_add(1, Ordering::Relaxed);
-        lock(&self.connections).insert(id, entry);
+        self.connections.lock().insert(id, entry);
         id
     }
 
     pub fn update_connection(&self, id: u64, update: impl FnOnce(&mut ConnectionEntry)) {
-        if let Some(entry) = lock(&self.connections).get_mut(&id) {
+        if let Some(entry) = self.connections.lock().get_mut(&id) {
             update(entry);
         }
     }
 
     pub fn remove_connection(&self, id: u64) {
-        lock(&self.connections).remove(&id);
+        self.connections.lock().remove(&id);
     }
 
     /// Runs `f` over every connection (id, entry).
     pub fn with_connections<R>(&self, f: impl FnOnce(&BTreeMap<u64, ConnectionEntry>) -> R) -> R {
-        f(&lock(&self.connections))
+        f(&self.connections.lock())
     }
 
     pub fn register_job(&self, entry: JobEntry) {
-        lock(&self.jobs).insert(entry.handle.clone(), entry);
+        self.jobs.lock().insert(entry.handle.clone(), entry);
     }
 
     pub fn remove_job(&self, handle: &str) -> Option<JobEntry> {
-        lock(&self.jobs).remove(handle)
+        self.jobs.lock().remove(handle)
     }
 
     pub fn job(&self, handle: &str) -> Option<JobEntry> {
-        lock(&self.jobs).get(handle).cloned()
+        self.jobs.lock().get(handle).cloned()
     }
 
     pub fn jobs(&self) -> Vec<JobEntry> {
-        lock(&self.jobs).values().cloned().collect()
+        self.jobs.lock().values().cloned().collect()
     }
 
     /// Records a job start for `token` if the per-minute limit allows it.
     pub fn try_start_job(&self, token: &str) -> bool {
         let Some(limit) = self.faults().job_starts_per_minute else { return true };
         let now = Instant::now();
-        let mut starts = lock(&self.starts);
+        let mut starts = self.starts.lock();
         let log = starts.by_token.entry(token.to_owned()).or_default();
         log.retain(|t| now.duration_since(*t) < Duration::from_secs(60));
         if log.len() >= limit as usize {

@@ -10,7 +10,8 @@ use super::connection::SlotCommand;
 use crate::protocol::info::InfoMessage;
 use crate::protocol::metadata::{EventMessage, MetadataMessage};
 use crate::protocol::{DataPoint, Tsid};
-use std::sync::{Arc, Mutex, MutexGuard};
+use parking_lot::{Mutex, MutexGuard};
+use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 /// The reason given when a consumer's queue overflowed.
@@ -157,7 +158,7 @@ impl ComputationShared {
 
     /// Short critical sections only, never across an `.await`.
     pub fn state(&self) -> MutexGuard<'_, ComputationState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     pub fn emit(&self, event: UpstreamEvent) -> Result<(), EmitError> {

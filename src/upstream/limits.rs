@@ -1,7 +1,7 @@
 //! Pacing: a token bucket for job starts (shared by every socket of a pool, so a reconnect that
 //! re-executes 250 jobs does not earn a wall of 429s) and a jittered exponential backoff.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 /// A token bucket: `burst` starts at once, refilled at `per_second`.
@@ -22,7 +22,7 @@ impl RateLimiter {
     /// to use in a `select!` arm (dropping the wait loses nothing).
     pub fn try_take(&self) -> Result<(), Duration> {
         // Short critical section, no await.
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.lock();
         let now = Instant::now();
         let (tokens, last) = *state;
         let tokens = (tokens + now.duration_since(last).as_secs_f64() * self.per_second).min(self.burst);

@@ -7,9 +7,10 @@ use super::computation::{Computation, ComputationShared, ExecuteSpec};
 use super::connection::{ConnectError, SlotCommand, SlotShared, SlotTask};
 use super::dial::DialOptions;
 use super::limits::RateLimiter;
+use parking_lot::Mutex;
 use secrecy::SecretString;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -97,6 +98,27 @@ pub struct PoolStats {
     pub pings_sent: AtomicU64,
 }
 
+impl PoolStats {
+    /// Adds this pool's counters (not its gauges) to `total`: a closed pool's counts are kept
+    /// so that the exported totals never go backwards.
+    pub fn add_counters_to(&self, total: &PoolStats) {
+        let add = |from: &AtomicU64, to: &AtomicU64| {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        };
+        add(&self.connect_failures, &total.connect_failures);
+        add(&self.auth_failures, &total.auth_failures);
+        add(&self.disconnects, &total.disconnects);
+        add(&self.job_starts, &total.job_starts);
+        add(&self.start_refusals, &total.start_refusals);
+        add(&self.unknown_channel_frames, &total.unknown_channel_frames);
+        add(&self.undecodable_frames, &total.undecodable_frames);
+        add(&self.channelless_errors, &total.channelless_errors);
+        add(&self.orphan_jobs_stopped, &total.orphan_jobs_stopped);
+        add(&self.stops_enforced, &total.stops_enforced);
+        add(&self.pings_sent, &total.pings_sent);
+    }
+}
+
 /// What slots share with the pool.
 #[derive(Debug)]
 pub(crate) struct PoolContext {
@@ -130,7 +152,7 @@ impl PoolContext {
         if matches!(error, ConnectError::AuthRejected(_)) {
             self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
         }
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(error.to_string());
+        *self.last_error.lock() = Some(error.to_string());
         self.readiness.send_modify(|n| *n += 1);
     }
 
@@ -190,9 +212,9 @@ impl Pool {
         pool
     }
 
-    fn lock_slots(&self) -> std::sync::MutexGuard<'_, Vec<Arc<SlotShared>>> {
+    fn lock_slots(&self) -> parking_lot::MutexGuard<'_, Vec<Arc<SlotShared>>> {
         // Short critical sections, no await inside.
-        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+        self.slots.lock()
     }
 
     fn add_slot(&self, slots: &mut Vec<Arc<SlotShared>>) -> Arc<SlotShared> {
@@ -270,7 +292,7 @@ impl Pool {
         PoolStatus {
             sockets_authenticated: slots.iter().filter(|s| s.authenticated.load(Ordering::Relaxed)).count(),
             computations: slots.iter().map(|s| s.load.load(Ordering::Relaxed)).sum(),
-            last_error: self.ctx.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            last_error: self.ctx.last_error.lock().clone(),
         }
     }
 
