@@ -27,15 +27,26 @@ pub struct Application {
     settings: Arc<Settings>,
 }
 
+/// Why the gateway could not be assembled.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("binding {address}: {source}")]
+    Bind { address: String, source: std::io::Error },
+    #[error("simulator.inventory {path}: {reason}")]
+    Inventory { path: String, reason: String },
+}
+
 impl Application {
     /// Binds `settings.listen` and builds everything.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind(&settings.listen).await?;
+    pub async fn build(settings: Settings) -> Result<Self, BuildError> {
+        let listener = TcpListener::bind(&settings.listen)
+            .await
+            .map_err(|source| BuildError::Bind { address: settings.listen.clone(), source })?;
         Self::build_with_listener(settings, listener).await
     }
 
     /// Builds on a listener the caller bound (tests bind `127.0.0.1:0`).
-    pub async fn build_with_listener(settings: Settings, listener: TcpListener) -> anyhow::Result<Self> {
+    pub async fn build_with_listener(settings: Settings, listener: TcpListener) -> Result<Self, BuildError> {
         let cancel = CancellationToken::new();
         let (url, token, simulator) = match settings.upstream_target() {
             UpstreamTarget::Simulator => {
@@ -151,16 +162,17 @@ fn upstream_config(settings: &Settings, url: String, token: SecretString) -> Ups
     config
 }
 
-async fn start_simulator(settings: &Settings, cancel: CancellationToken) -> anyhow::Result<SimulatorHandle> {
+async fn start_simulator(settings: &Settings, cancel: CancellationToken) -> Result<SimulatorHandle, BuildError> {
     let mut config =
         SimulatorConfig { keepalive_interval: settings.simulator.keepalive_interval, ..SimulatorConfig::default() };
     if let Some(path) = &settings.simulator.inventory {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("simulator.inventory {path}: {e}"))?;
-        config.inventory = Arc::new(
-            simulator::inventory::Inventory::from_toml(&text)
-                .map_err(|e| anyhow::anyhow!("simulator.inventory {path}: {e}"))?,
-        );
+        let inventory_error = |reason: String| BuildError::Inventory { path: path.clone(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| inventory_error(e.to_string()))?;
+        config.inventory =
+            Arc::new(simulator::inventory::Inventory::from_toml(&text).map_err(|e| inventory_error(e.to_string()))?);
     }
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = "127.0.0.1:0";
+    let listener =
+        TcpListener::bind(address).await.map_err(|source| BuildError::Bind { address: address.into(), source })?;
     Ok(simulator::spawn(listener, config, Faults::default(), cancel))
 }
