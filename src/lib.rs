@@ -9,7 +9,8 @@
 //!   graceful shutdown); [`config`]: layered settings; [`telemetry`]: logging;
 //!   [`metrics`]: the Prometheus exposition; [`clock`]: wall-clock milliseconds.
 //! - [`http`]: the HTTP API (axum) — routes, streams, problem bodies, and the browser console
-//!   (its static files in `web/`, embedded at build time). Knows nothing of websockets.
+//!   (its static files in `web/`, embedded at build time), and the SignalFlow websocket protocol
+//!   served to clients; it knows nothing of the upstream sockets.
 //! - [`hub`]: computations and fan-out — sharing, replay ring, subscriber queues. Knows nothing
 //!   of HTTP.
 //! - [`upstream`]: the pooled, self-healing SignalFlow websocket client.

@@ -26,7 +26,7 @@ use std::time::Instant;
 const OPEN_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/openapi.yaml"];
 
 /// Constant-time equality: the time depends only on the lengths.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     let mut diff = u8::from(a.len() != b.len());
     for i in 0..a.len().max(b.len()) {
         diff |= a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0xff);
@@ -35,7 +35,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// The key a request presents, from the header or the query.
-fn presented_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+pub(crate) fn presented_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

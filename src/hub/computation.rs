@@ -301,8 +301,9 @@ impl Pump {
                 self.publish(rendered.into_terminal());
                 self.end(terminal);
             }
-            // The block boundaries, for the SignalFlow flavour's one data event per block.
-            UpstreamEvent::Data(batch) => self.publish(rendered.with_blocks(batch.block_sizes)),
+            // The block boundaries, for the SignalFlow flavour's one data event per block, and
+            // the typed points for the websocket downstream.
+            UpstreamEvent::Data(batch) => self.publish(rendered.with_batch(batch)),
             _ => self.publish(rendered),
         }
         self.hub.stats.record_latency(started.elapsed());

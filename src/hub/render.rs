@@ -5,12 +5,14 @@
 //! `expired-tsid`, `control-message`, `error`) plus `gateway` for the gateway's own notices,
 //! whose JSON has an upper-case `event` and a `timestampMs`.
 
+use crate::protocol::binary::{self, Compression};
+use crate::protocol::data::DataBody;
 use crate::protocol::data::write_data_json;
 use crate::protocol::metadata::MetadataMessage;
 use crate::upstream::{Batch, Terminal, UpstreamEvent};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::{Value, json};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 /// One rendered event. `seq` is its `id:`; snapshot events (metadata re-sent to a new
 /// subscriber) have none, so a browser's last event id never moves backwards.
@@ -28,6 +30,11 @@ pub struct GatewayEvent {
     /// A data batch's points per publish block, when it merged more than one.
     blocks: Vec<u32>,
     signalflow: OnceLock<Bytes>,
+    /// The typed side of a data event, for consumers that need values (the websocket
+    /// downstream) and must not parse the rendered bytes.
+    batch: Option<Arc<Batch>>,
+    /// The websocket flavour's binary data bodies, one per publish block: plain and gzip.
+    ws_bodies: [OnceLock<Vec<Bytes>>; 2],
 }
 
 impl GatewayEvent {
@@ -56,7 +63,40 @@ impl GatewayEvent {
             ndjson: OnceLock::new(),
             blocks: Vec::new(),
             signalflow: OnceLock::new(),
+            batch: None,
+            ws_bodies: [OnceLock::new(), OnceLock::new()],
         }
+    }
+
+    /// A data event keeps its batch (typed values) beside the rendered bytes, and its block
+    /// boundaries for the SignalFlow flavours.
+    pub fn with_batch(self, batch: Batch) -> Self {
+        let mut event = self.with_blocks(batch.block_sizes.clone());
+        event.batch = Some(Arc::new(batch));
+        event
+    }
+
+    /// The typed batch of a data event.
+    pub fn batch(&self) -> Option<&Batch> {
+        self.batch.as_deref()
+    }
+
+    /// The binary bodies (protocol doc §4.5, header version 1 layout) of a data event, one per
+    /// publish block as the service sends them; gzip-compressed when `gzip` is set. Encoded on
+    /// first use and shared by every websocket subscriber, which only prepends its own header.
+    /// Empty for an event that is not data.
+    pub fn ws_data_bodies(&self, gzip: bool) -> &[Bytes] {
+        self.ws_bodies[usize::from(gzip)].get_or_init(|| match &self.batch {
+            None => Vec::new(),
+            Some(batch) => ws_blocks(batch)
+                .into_iter()
+                .map(|body| {
+                    let mut raw = Vec::new();
+                    body.encode_into(&mut raw, false);
+                    Bytes::from(if gzip { binary::compress(&raw, Compression::Gzip) } else { raw })
+                })
+                .collect(),
+        })
     }
 
     /// Records a data batch's block boundaries ([`crate::upstream::Batch::block_sizes`]) for
@@ -125,8 +165,34 @@ impl GatewayEvent {
 
     /// Bytes held, for the replay ring's byte bound.
     pub fn size(&self) -> usize {
-        self.sse.len() + self.json.len()
+        let typed =
+            self.batch.as_ref().map_or(0, |b| b.points.len() * std::mem::size_of::<crate::protocol::DataPoint>());
+        self.sse.len() + self.json.len() + typed
     }
+}
+
+/// A batch split back into one body per publish block (empty blocks included); the whole batch
+/// as one body when it has no usable block sizes.
+fn ws_blocks(batch: &Batch) -> Vec<DataBody> {
+    let body = |points: &[crate::protocol::DataPoint]| DataBody {
+        logical_timestamp_ms: batch.logical_timestamp_ms,
+        max_delay_ms: None,
+        points: points.to_vec(),
+    };
+    let total: usize = batch.block_sizes.iter().map(|s| *s as usize).sum();
+    if batch.block_sizes.is_empty() || total != batch.points.len() {
+        return vec![body(&batch.points)];
+    }
+    let mut at = 0;
+    batch
+        .block_sizes
+        .iter()
+        .map(|size| {
+            let block = body(&batch.points[at..at + *size as usize]);
+            at += *size as usize;
+            block
+        })
+        .collect()
 }
 
 /// `SHUTTING_DOWN` and `SUBSCRIBER_TOO_SLOW` as a SignalFlow `CHANNEL_ABORT`; other notices
