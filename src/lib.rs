@@ -18,6 +18,8 @@
 //!   pure code with no I/O, shared by the upstream client and the built-in simulator.
 //! - [`simulator`]: the built-in SignalFlow backend (websocket server, language, inventory,
 //!   control API).
+//! - [`tls`]: HTTPS/WSS for `serve` and `simulate` (rustls; h2 and HTTP/1.1 by ALPN), and
+//!   throwaway certificates.
 //! - [`fuzz_targets`]: entry points shared by `fuzz/` and the seed-corpus test.
 #![forbid(unsafe_code)]
 
@@ -32,4 +34,5 @@ pub mod metrics;
 pub mod protocol;
 pub mod simulator;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

@@ -13,6 +13,7 @@ mod gateway_core;
 mod gateway_formats;
 mod gateway_production;
 mod gateway_reliability;
+mod gateway_tls;
 mod gateway_websocket;
 mod interop_python_sse;
 mod interop_python_ws;

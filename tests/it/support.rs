@@ -56,6 +56,14 @@ impl WsClient {
         WsClient { ws }
     }
 
+    /// Connects with a TLS client configuration of the caller's (`wss://` with a test CA).
+    pub async fn connect_tls(url: &str, tls: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        let connector = tokio_tungstenite::Connector::Rustls(tls);
+        let connecting = tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector));
+        let (ws, _) = tokio::time::timeout(WAIT, connecting).await.expect("connect timeout").expect("connect");
+        WsClient { ws }
+    }
+
     /// Connects and authenticates, waiting for `authenticated`.
     pub async fn connect_authenticated(url: &str) -> Self {
         let mut c = Self::connect(url).await;
