@@ -66,7 +66,7 @@ impl Drop for TestCa {
 use rustls::pki_types::pem::PemObject;
 
 /// A gateway serving HTTPS with `ca`'s certificate; returns it and its https base URL.
-async fn tls_gateway(ca: &TestCa) -> (Gateway, String) {
+pub async fn tls_gateway(ca: &TestCa) -> (Gateway, String) {
     let mut settings = test_settings();
     settings.tls.cert_file = Some(ca.file("cert.pem"));
     settings.tls.key_file = Some(ca.file("key.pem"));

@@ -17,6 +17,7 @@ mod gateway_tls;
 mod gateway_websocket;
 mod interop_python_sse;
 mod interop_python_ws;
+mod interop_signalflow_client;
 mod openapi_contract;
 mod protocol_fixtures;
 mod protocol_roundtrip;
