@@ -15,6 +15,7 @@ mod gateway_production;
 mod gateway_reliability;
 mod gateway_tls;
 mod gateway_websocket;
+mod interop_node_signalfx;
 mod interop_python_sse;
 mod interop_python_ws;
 mod interop_signalflow_client;
