@@ -322,3 +322,92 @@ async fn with_api_keys_the_token_is_an_api_key() {
     assert!(matches!(client.next_message().await, ServerMessage::Authenticated(_)));
     gateway.stop().await;
 }
+
+/// A client that stops reading while a large bounded query streams to it is disconnected (its
+/// hub queue overflows, as for a slow SSE subscriber), and another client's live stream keeps
+/// its pace meanwhile.
+#[tokio::test]
+async fn a_websocket_client_that_does_not_read_is_disconnected_and_delays_no_one() {
+    let mut settings = test_settings();
+    settings.limits.subscriber_queue = 8;
+    settings.websocket.outbound_queue = 4;
+    settings.websocket.write_timeout = Duration::from_secs(3);
+    let gateway = spawn_gateway(settings).await;
+    let url = ws_url(&gateway);
+    let mut fast = WsClient::connect_authenticated(&url).await;
+    fast.send(execute("live", LIVE)).await;
+    job_start(&mut fast, "live").await;
+
+    let mut slow = WsClient::connect_small_buffer(&url).await;
+    slow.send(json!({ "type": "authenticate", "token": "t" })).await;
+    // 167 series for 5000 timestamps: about 14 MB of data frames, far beyond the socket buffers.
+    let big = json!({
+        "type": "execute", "channel": "big", "program": "data('*').publish()",
+        "start": START, "stop": START + 5000 * 1000, "resolution": 1000,
+    });
+    slow.send(big).await;
+    // The live stream keeps a one-per-second pace while the slow client is stuck.
+    let started = std::time::Instant::now();
+    let stamps = data_timestamps(&mut fast, "live", 4).await;
+    assert!(stamps.windows(2).all(|w| w[1] - w[0] == 1000), "{stamps:?}");
+    assert!(started.elapsed() < Duration::from_secs(8), "the live stream was delayed: {:?}", started.elapsed());
+    eventually("the slow client was dropped", || {
+        let gateway = &gateway;
+        async move {
+            let metrics = gateway.http.get(gateway.url("/metrics")).send().await.unwrap().text().await.unwrap();
+            metrics.lines().any(|l| l.starts_with("sfgw_subscribers_dropped_total{") && !l.trim_end().ends_with(" 0"))
+        }
+    })
+    .await;
+    // Reading now: what was buffered, then the end of the socket, never END_OF_CHANNEL.
+    loop {
+        match slow.next().await {
+            Received::Message { message, .. } => {
+                if let ServerMessage::Control(c) = *message {
+                    assert!(!c.is_terminal(), "the slow client got its whole stream: {c:?}");
+                }
+            }
+            Received::Closed { code, .. } => {
+                assert_eq!(code, Some(1008));
+                break;
+            }
+            Received::Dropped => break,
+        }
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_gateway_shutdown_aborts_every_channel_then_closes_the_socket() {
+    let gateway = spawn_gateway(test_settings()).await;
+    let mut client = WsClient::connect_authenticated(&ws_url(&gateway)).await;
+    client.send(execute("a", LIVE)).await;
+    client.send(execute("b", "data('memory.utilization').max().publish()")).await;
+    let mut started = std::collections::BTreeSet::new();
+    while started.len() < 2 {
+        if let ServerMessage::Control(c) = client.next_message().await
+            && matches!(c.kind(), ControlEvent::JobStart { .. })
+        {
+            started.insert(c.channel.clone());
+        }
+    }
+    let stopping = tokio::spawn(gateway.stop());
+    let mut aborted = std::collections::BTreeSet::new();
+    let code = loop {
+        match client.next().await {
+            Received::Message { message, .. } => {
+                if let ServerMessage::Control(c) = *message
+                    && let ControlEvent::ChannelAbort { state, .. } = c.kind()
+                {
+                    assert_eq!(state, "STOPPED");
+                    aborted.insert(c.channel.clone());
+                }
+            }
+            Received::Closed { code, .. } => break code,
+            Received::Dropped => panic!("dropped without a close frame"),
+        }
+    };
+    assert_eq!(code, Some(1001));
+    assert_eq!(aborted.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+    stopping.await.unwrap();
+}

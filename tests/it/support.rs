@@ -64,6 +64,19 @@ impl WsClient {
         WsClient { ws }
     }
 
+    /// Connects over a socket with a tiny receive buffer (a client that reads slowly fills the
+    /// path quickly), to a plain `ws://127.0.0.1:PORT/…` URL.
+    pub async fn connect_small_buffer(url: &str) -> Self {
+        let authority = url.trim_start_matches("ws://").split('/').next().expect("ws://host:port/…");
+        let addr: std::net::SocketAddr = authority.parse().expect("an IP:port authority");
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = tokio::time::timeout(WAIT, socket.connect(addr)).await.expect("connect timeout").expect("connect");
+        let connecting = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream));
+        let (ws, _) = tokio::time::timeout(WAIT, connecting).await.expect("handshake timeout").expect("handshake");
+        WsClient { ws }
+    }
+
     /// Connects and authenticates, waiting for `authenticated`.
     pub async fn connect_authenticated(url: &str) -> Self {
         let mut c = Self::connect(url).await;

@@ -50,6 +50,10 @@ pub const CLOSE_AUTH_FAILED: u16 = 4401;
 pub const CLOSE_INVALID_REQUEST: u16 = 4400;
 /// The client did not keep up with its streams.
 pub const CLOSE_TOO_SLOW: u16 = 1008;
+/// The gateway is shutting down (after every channel got its `CHANNEL_ABORT`).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// How long a shutdown waits for the channels' last frames before closing the socket.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Every (method, path) served here, for the route table.
 pub const ROUTES: [(&str, &str); 2] = [("GET", "/v2/signalflow/connect"), ("GET", "/connect")];
@@ -87,7 +91,9 @@ async fn upgrade(
 
 /// What the writer is told.
 enum Control {
-    Close { code: u16, reason: String },
+    /// A close frame; with `flush`, after the frames already queued (not for a client that
+    /// does not read them).
+    Close { code: u16, reason: String, flush: bool },
 }
 
 /// Runs one client socket to its end.
@@ -148,9 +154,22 @@ impl Session {
         let mut keepalive = tokio::time::interval(self.settings.keepalive_interval);
         keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         keepalive.tick().await;
+        let hub = self.state.hub.clone();
+        let shutting_down = hub.shutting_down();
+        tokio::pin!(shutting_down);
+        let mut closing_at: Option<tokio::time::Instant> = None;
         loop {
             let next = tokio::select! {
                 _ = self.kill.cancelled() => Next::Close(CLOSE_TOO_SLOW, "the client did not keep up with its streams".into()),
+                // Each channel ends with CHANNEL_ABORT (its hub subscription says so); the socket
+                // closes once they are all done, or after the grace.
+                _ = &mut shutting_down, if closing_at.is_none() => {
+                    closing_at = Some(tokio::time::Instant::now() + SHUTDOWN_GRACE);
+                    if self.channels.is_empty() { Next::Close(CLOSE_GOING_AWAY, "the gateway is shutting down".into()) } else { Next::Continue }
+                }
+                _ = tokio::time::sleep_until(closing_at.unwrap_or_else(tokio::time::Instant::now)), if closing_at.is_some() => {
+                    Next::Close(CLOSE_GOING_AWAY, "the gateway is shutting down".into())
+                }
                 _ = &mut writer => Next::Stop,
                 _ = &mut auth_deadline, if self.tenant.is_none() => {
                     Next::Close(CLOSE_AUTH_FAILED, "Authentication timed out".into())
@@ -160,7 +179,11 @@ impl Session {
                     if self.channels.get(&name).is_some_and(|c| c.serial == serial) {
                         self.channels.remove(&name);
                     }
-                    Next::Continue
+                    if closing_at.is_some() && self.channels.is_empty() {
+                        Next::Close(CLOSE_GOING_AWAY, "the gateway is shutting down".into())
+                    } else {
+                        Next::Continue
+                    }
                 }
                 message = stream.next() => match message {
                     Some(Ok(message)) => self.message(message).await,
@@ -181,8 +204,10 @@ impl Session {
                 Next::Continue => continue,
                 Next::Stop => break,
                 Next::Close(code, reason) => {
-                    // Ahead of anything still queued; bounded like any write.
-                    let _ = self.control.try_send(Control::Close { code, reason });
+                    // A client that does not read gets it ahead of anything still queued; every
+                    // other after what is queued. Bounded like any write.
+                    let flush = code != CLOSE_TOO_SLOW;
+                    let _ = self.control.try_send(Control::Close { code, reason, flush });
                     let _ = tokio::time::timeout(self.settings.write_timeout, &mut writer).await;
                     break;
                 }
@@ -378,6 +403,24 @@ fn tenant_number(tenant: &Tenant) -> u64 {
     u64::from_str_radix(&hex, 16).unwrap_or(1)
 }
 
+/// Writes what is queued now (a bounded number: the queue's); false when a write fails.
+async fn flush_queued(
+    sink: &mut SplitSink<WebSocket, Message>,
+    frames: &mut mpsc::Receiver<WsFrame>,
+    settings: &WebsocketSettings,
+) -> bool {
+    while let Ok(frame) = frames.try_recv() {
+        let message = match frame {
+            WsFrame::Text(t) => Message::Text(t.into()),
+            WsFrame::Binary(b) => Message::Binary(b.into()),
+        };
+        if !matches!(tokio::time::timeout(settings.write_timeout, sink.send(message)).await, Ok(Ok(()))) {
+            return false;
+        }
+    }
+    true
+}
+
 /// Owns the write side: frames from the bounded queue, a close frame ahead of them. A write
 /// that cannot complete within `write_timeout` ends the socket.
 async fn write_frames(
@@ -390,13 +433,16 @@ async fn write_frames(
     loop {
         let (message, last) = tokio::select! {
             biased;
-            Some(Control::Close { code, reason }) = control.recv() => {
+            Some(Control::Close { code, reason, flush }) = control.recv() => {
+                if flush && !flush_queued(&mut sink, &mut frames, &settings).await {
+                    return;
+                }
                 (Message::Close(Some(CloseFrame { code, reason: reason.into() })), true)
             }
             _ = kill.cancelled(), if control.is_empty() => {
                 // The session sends a close frame next; wait for it.
                 match control.recv().await {
-                    Some(Control::Close { code, reason }) => (Message::Close(Some(CloseFrame { code, reason: reason.into() })), true),
+                    Some(Control::Close { code, reason, .. }) => (Message::Close(Some(CloseFrame { code, reason: reason.into() })), true),
                     None => return,
                 }
             }
