@@ -23,13 +23,15 @@ async fn sim_jobs(gateway: &Gateway, program: &str) -> Vec<Json> {
     jobs.as_array().unwrap().iter().filter(|j| j["program"].as_str() == Some(program)).cloned().collect()
 }
 
-/// Reads `channel` until its JOB_START; returns the handle. Everything before it must be
-/// STREAM_START.
+/// Reads `channel` until its JOB_START (other channels' messages are skipped); returns the
+/// handle. Everything before it on the channel must be STREAM_START.
 async fn job_start(client: &mut WsClient, channel: &str) -> String {
     let mut seen = Vec::new();
     loop {
         let message = client.next_message().await;
-        assert_eq!(message.channel(), Some(channel), "{message:?}");
+        if message.channel() != Some(channel) {
+            continue;
+        }
         if let ServerMessage::Control(c) = &message {
             match c.kind() {
                 ControlEvent::StreamStart => {
@@ -410,4 +412,36 @@ async fn a_gateway_shutdown_aborts_every_channel_then_closes_the_socket() {
     assert_eq!(code, Some(1001));
     assert_eq!(aborted.into_iter().collect::<Vec<_>>(), ["a", "b"]);
     stopping.await.unwrap();
+}
+
+/// Pass-through tenancy: the authenticate token is the client's SignalFx token. Clients with
+/// the same token share a job; another token gets its own and cannot attach to the first.
+#[tokio::test]
+async fn with_pass_through_tenancy_the_token_names_the_tenant() {
+    let mut settings = test_settings();
+    settings.tenancy.pass_through = true;
+    let gateway = spawn_gateway(settings).await;
+    let url = ws_url(&gateway);
+    let mut clients = Vec::new();
+    for token in ["token-a", "token-a", "token-b"] {
+        let mut client = WsClient::connect(&url).await;
+        client.send(json!({ "type": "authenticate", "token": token })).await;
+        assert!(matches!(client.next_message().await, ServerMessage::Authenticated(_)));
+        client.send(execute("c", LIVE)).await;
+        clients.push(client);
+    }
+    let mut handles = Vec::new();
+    for client in &mut clients {
+        handles.push(job_start(client, "c").await);
+    }
+    assert_eq!(handles[0], handles[1], "the same token shares");
+    assert_ne!(handles[0], handles[2], "another token does not");
+    assert_eq!(sim_jobs(&gateway, LIVE).await.len(), 2);
+    clients[2].send(json!({ "type": "attach", "channel": "peek", "handle": handles[0] })).await;
+    let refused = clients[2].collect_channel("peek").await;
+    let Some(ServerMessage::Error(e)) = refused.last() else { panic!("{refused:?}") };
+    assert_eq!(e.code(), Some(404));
+    clients[1].send(json!({ "type": "attach", "channel": "again", "handle": handles[0] })).await;
+    assert_eq!(job_start(&mut clients[1], "again").await, handles[0], "the same tenant may attach");
+    gateway.stop().await;
 }
