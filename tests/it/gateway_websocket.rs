@@ -295,7 +295,17 @@ async fn bad_input_gets_a_typed_error_or_a_close_and_never_disturbs_other_client
         }
     }
 
-    // Unreadable frames that name no channel, binary requests and oversized frames close.
+    // Unreadable frames that name no channel or an open one, reusing an open channel, binary
+    // requests and oversized frames close.
+    let reuse = json!({ "type": "execute", "channel": "open", "program": LIVE }).to_string();
+    let broken = json!({ "type": "execute", "channel": "open" }).to_string();
+    for opened in [reuse, broken] {
+        let mut client = WsClient::connect_authenticated(&url).await;
+        client.send(execute("open", LIVE)).await;
+        job_start(&mut client, "open").await;
+        client.send_raw(Message::Text(opened.into())).await;
+        assert_eq!(close_code(&mut client).await, Some(4400));
+    }
     for (frame, code) in [
         (Message::Text("{not json".into()), 4400),
         (Message::Binary(vec![1, 2, 3].into()), 4400),

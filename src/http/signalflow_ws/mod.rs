@@ -16,8 +16,10 @@
 //!   job stops when its last subscriber is gone, after the linger. `detach` ends a channel
 //!   silently. `attach` streams a running computation of the same tenant on a new channel.
 //! - Bad input (not JSON, unknown type, missing fields, binary frames) gets an `error` on the
-//!   channel it names, or closes the socket with 4400 when it names none; a frame over
-//!   `websocket.max_message_bytes` closes it with 1009. Nothing a client sends can panic.
+//!   channel it names, or closes the socket with 4400 when it names none or names an open
+//!   channel (an error there would end a channel that keeps streaming; so does an execute on a
+//!   channel in use); a frame over `websocket.max_message_bytes` closes it with 1009. Nothing a
+//!   client sends can panic.
 
 mod channel;
 pub mod frames;
@@ -50,6 +52,8 @@ pub const CLOSE_AUTH_FAILED: u16 = 4401;
 pub const CLOSE_INVALID_REQUEST: u16 = 4400;
 /// The client did not keep up with its streams.
 pub const CLOSE_TOO_SLOW: u16 = 1008;
+/// A frame over `websocket.max_message_bytes`.
+pub const CLOSE_TOO_BIG: u16 = 1009;
 /// The gateway is shutting down (after every channel got its `CHANNEL_ABORT`).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// How long a shutdown waits for the channels' last frames before closing the socket.
@@ -189,10 +193,11 @@ impl Session {
                     Some(Ok(message)) => self.message(message).await,
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "websocket client read failed");
-                        // Oversized frames are refused by the reader with this error.
-                        let text = e.to_string();
-                        if text.contains("too long") || text.contains("too big") || text.contains("Space limit") {
-                            Next::Close(1009, "message too big".into())
+                        // A frame over `max_message_bytes` is a capacity error of the reader.
+                        let inner = e.into_inner();
+                        let capacity = inner.downcast_ref::<tokio_tungstenite::tungstenite::Error>();
+                        if matches!(capacity, Some(tokio_tungstenite::tungstenite::Error::Capacity(_))) {
+                            Next::Close(CLOSE_TOO_BIG, "message too big".into())
                         } else {
                             Next::Stop
                         }
@@ -241,6 +246,10 @@ impl Session {
                     return Next::Close(CLOSE_AUTH_FAILED, "Invalid authentication token".into());
                 }
                 let channel = value.get("channel").and_then(Value::as_str).map(str::to_owned);
+                if channel.as_ref().is_some_and(|c| self.channels.contains_key(c)) {
+                    // An error there would end a channel that keeps streaming.
+                    return Next::Close(CLOSE_INVALID_REQUEST, format!("Invalid request on an open channel: {error}"));
+                }
                 match channel {
                     Some(channel) => {
                         self.refuse(&channel, 400, "INVALID_REQUEST", &error.to_string()).await;
@@ -363,8 +372,11 @@ impl Session {
             }
         };
         if self.channels.contains_key(channel) {
-            self.refuse(channel, 400, "INVALID_REQUEST", "channel: already in use on this connection").await;
-            return Next::Continue;
+            // An error on it would end, for the client, a channel that keeps streaming.
+            return Next::Close(
+                CLOSE_INVALID_REQUEST,
+                format!("Invalid request: channel {channel:?} is already in use"),
+            );
         }
         let max = self.settings.max_channels_per_socket;
         if self.channels.len() >= max {
