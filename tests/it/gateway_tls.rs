@@ -220,3 +220,52 @@ async fn websocket_clients_connect_over_wss_and_a_reload_serves_the_new_certific
     assert!(matches!(client.next_message().await, ServerMessage::Authenticated(_)));
     sim.shutdown().await.unwrap();
 }
+
+/// The binary: `serve` with `tls.*` from the environment answers over HTTPS, and `kill -HUP`
+/// makes it serve renewed files.
+#[tokio::test]
+async fn the_gateway_binary_reloads_its_certificate_on_sighup() {
+    use tokio::io::AsyncBufReadExt;
+    let ca = TestCa::new();
+    let renewed = TestCa::new();
+    let (cert, key) = (ca.dir.join("served-cert.pem"), ca.dir.join("served-key.pem"));
+    std::fs::write(&cert, &ca.set.cert_pem).unwrap();
+    std::fs::write(&key, &ca.set.key_pem).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_signalflow-gateway"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("SFGW_TLS__CERT_FILE", &cert)
+        .env("SFGW_TLS__KEY_FILE", &key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = tokio::time::timeout(WAIT, lines.next_line()).await.unwrap().unwrap().expect("a listening line");
+        if let Some(rest) = line.strip_prefix("signalflow-gateway listening on ") {
+            break rest.trim().replacen("127.0.0.1", "localhost", 1);
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    assert!(base.starts_with("https://"), "{base}");
+    let healthz = format!("{base}/healthz");
+    eventually("serving the first certificate", || {
+        let (client, url) = (ca.reqwest(), healthz.clone());
+        async move { client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await;
+    std::fs::write(&cert, &renewed.set.cert_pem).unwrap();
+    std::fs::write(&key, &renewed.set.key_pem).unwrap();
+    let pid = child.id().unwrap().to_string();
+    let status = tokio::process::Command::new("kill").args(["-HUP", &pid]).status().await.unwrap();
+    assert!(status.success());
+    eventually("serving the renewed certificate", || {
+        let (client, url) = (renewed.reqwest(), healthz.clone());
+        async move { client.get(&url).send().await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await;
+    assert!(ca.reqwest().get(&healthz).send().await.is_err(), "the old certificate is gone");
+    child.kill().await.unwrap();
+}
