@@ -25,6 +25,8 @@ pub struct Application {
     simulator: Option<SimulatorHandle>,
     cancel: CancellationToken,
     settings: Arc<Settings>,
+    /// HTTPS/WSS (h2 + HTTP/1.1) when `tls.cert_file`/`tls.key_file` are set.
+    tls: Option<crate::tls::Tls>,
 }
 
 /// Why the gateway could not be assembled.
@@ -34,6 +36,8 @@ pub enum BuildError {
     Bind { address: String, source: std::io::Error },
     #[error("simulator.inventory {path}: {reason}")]
     Inventory { path: String, reason: String },
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl Application {
@@ -48,6 +52,11 @@ impl Application {
     /// Builds on a listener the caller bound (tests bind `127.0.0.1:0`).
     pub async fn build_with_listener(settings: Settings, listener: TcpListener) -> Result<Self, BuildError> {
         let cancel = CancellationToken::new();
+        // Bad certificate files fail the start, not the first handshake.
+        let tls = match (&settings.tls.cert_file, &settings.tls.key_file) {
+            (Some(cert), Some(key)) => Some(crate::tls::Tls::load(cert, key)?),
+            _ => None,
+        };
         let (url, token, simulator) = match settings.upstream_target() {
             UpstreamTarget::Simulator => {
                 let sim = start_simulator(&settings, cancel.child_token()).await?;
@@ -82,7 +91,12 @@ impl Application {
         if let Some(sim) = &simulator {
             router = router.merge(simulator::control::routes(sim.state.clone()));
         }
-        Ok(Application { listener, router, hub, simulator, cancel, settings })
+        Ok(Application { listener, router, hub, simulator, cancel, settings, tls })
+    }
+
+    /// Whether the listener speaks TLS (`https://`, `wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -95,7 +109,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then drains within the drain timeout.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Application { listener, router, hub, simulator, cancel, settings } = self;
+        let Application { listener, router, hub, simulator, cancel, settings, tls } = self;
         let stopping = CancellationToken::new();
         let signal = stopping.clone();
         // Ended below whatever happens, so it never outlives the server.
@@ -104,6 +118,7 @@ impl Application {
             signal.cancel();
         });
         let drained = stopping.clone();
+        let cancel_on_exit = cancel.clone();
         let drain_hub = hub.clone();
         let limit = settings.drain_timeout;
         // Open streams end only when the hub closes them, so the hub drains first; the server's
@@ -113,8 +128,18 @@ impl Application {
             tracing::info!("shutting down: ending streams and stopping upstream jobs");
             drain_hub.shutdown(limit).await;
         };
-        let app = router.into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(listener, app).with_graceful_shutdown(graceful);
+        let serve = async move {
+            match tls {
+                Some(tls) => {
+                    crate::tls::reload_on_sighup(tls.clone(), cancel_on_exit.clone());
+                    crate::tls::serve(listener, tls, router, graceful, limit).await
+                }
+                None => {
+                    let app = router.into_make_service_with_connect_info::<SocketAddr>();
+                    axum::serve(listener, app).with_graceful_shutdown(graceful).await
+                }
+            }
+        };
         let result = tokio::select! {
             result = serve => result,
             // A client that never reads its last bytes must not hold the process.

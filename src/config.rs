@@ -24,6 +24,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub cors: CorsSettings,
     pub tenancy: TenancySettings,
+    pub websocket: WebsocketSettings,
+    pub tls: TlsSettings,
     /// Longest a graceful shutdown may take.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -146,6 +148,56 @@ pub struct TenancySettings {
     pub pool_idle_timeout: Duration,
 }
 
+/// The SignalFlow websocket protocol served to clients (`/v2/signalflow/connect`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebsocketSettings {
+    /// `KEEP_ALIVE` to every client this often (clients give up after 60 s of silence).
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// Time for a client to `authenticate` after connecting (close 4401 after it).
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+    /// Most open channels per socket (the service allows 300).
+    pub max_channels_per_socket: usize,
+    /// Largest request frame a client may send (close 1009 beyond).
+    pub max_message_bytes: usize,
+    /// Frames queued per socket before its client is disconnected as too slow.
+    pub outbound_queue: usize,
+    /// Longest one frame write may take before the client is presumed gone.
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+}
+
+impl Default for WebsocketSettings {
+    fn default() -> Self {
+        WebsocketSettings {
+            keepalive_interval: Duration::from_secs(30),
+            auth_timeout: Duration::from_secs(5),
+            max_channels_per_socket: 300,
+            max_message_bytes: 1024 * 1024,
+            outbound_queue: 1024,
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// HTTPS and WSS on the listener (HTTP/2 offered by ALPN). Both files or neither.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, server certificate first.
+    pub cert_file: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<String>,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() && self.key_file.is_some()
+    }
+}
+
 impl Default for TenancySettings {
     fn default() -> Self {
         TenancySettings { pass_through: false, max_pools: 100, pool_idle_timeout: Duration::from_secs(300) }
@@ -164,6 +216,8 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             cors: CorsSettings::default(),
             tenancy: TenancySettings::default(),
+            websocket: WebsocketSettings::default(),
+            tls: TlsSettings::default(),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -362,6 +416,28 @@ impl Settings {
         if self.tenancy.pass_through && self.tenancy.max_pools == 0 {
             problems.push("tenancy.max_pools: must be greater than 0".into());
         }
+        let w = &self.websocket;
+        for (value, name) in [
+            (w.max_channels_per_socket, "websocket.max_channels_per_socket"),
+            (w.max_message_bytes, "websocket.max_message_bytes"),
+            (w.outbound_queue.saturating_sub(1), "websocket.outbound_queue (at least 2)"),
+        ] {
+            if value == 0 {
+                problems.push(format!("{name}: must be greater than 0"));
+            }
+        }
+        for (value, name) in [
+            (w.keepalive_interval, "websocket.keepalive_interval"),
+            (w.auth_timeout, "websocket.auth_timeout"),
+            (w.write_timeout, "websocket.write_timeout"),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("{name}: must be longer than 0s"));
+            }
+        }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            problems.push("tls.cert_file and tls.key_file: set both, or neither".into());
+        }
         if u.max_channels_per_connection > 300 {
             problems.push("upstream.max_channels_per_connection: the service allows at most 300".into());
         }
@@ -422,6 +498,12 @@ impl Settings {
             "drainTimeout": humantime::format_duration(self.drain_timeout).to_string(),
             "auth": { "apiKeys": self.auth.api_keys.len() },
             "cors": { "allowedOrigins": self.cors.allowed_origins },
+            "websocket": {
+                "keepaliveInterval": humantime::format_duration(self.websocket.keepalive_interval).to_string(),
+                "maxChannelsPerSocket": self.websocket.max_channels_per_socket,
+                "maxMessageBytes": self.websocket.max_message_bytes,
+            },
+            "tls": { "certFile": self.tls.cert_file, "keyFile": self.tls.key_file },
             "tenancy": {
                 "passThrough": self.tenancy.pass_through, "maxPools": self.tenancy.max_pools,
                 "poolIdleTimeout": humantime::format_duration(self.tenancy.pool_idle_timeout).to_string(),

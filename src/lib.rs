@@ -9,7 +9,8 @@
 //!   graceful shutdown); [`config`]: layered settings; [`telemetry`]: logging;
 //!   [`metrics`]: the Prometheus exposition; [`clock`]: wall-clock milliseconds.
 //! - [`http`]: the HTTP API (axum) — routes, streams, problem bodies, and the browser console
-//!   (its static files in `web/`, embedded at build time). Knows nothing of websockets.
+//!   (its static files in `web/`, embedded at build time), and the SignalFlow websocket protocol
+//!   served to clients; it knows nothing of the upstream sockets.
 //! - [`hub`]: computations and fan-out — sharing, replay ring, subscriber queues. Knows nothing
 //!   of HTTP.
 //! - [`upstream`]: the pooled, self-healing SignalFlow websocket client.
@@ -17,6 +18,8 @@
 //!   pure code with no I/O, shared by the upstream client and the built-in simulator.
 //! - [`simulator`]: the built-in SignalFlow backend (websocket server, language, inventory,
 //!   control API).
+//! - [`tls`]: HTTPS/WSS for `serve` and `simulate` (rustls; h2 and HTTP/1.1 by ALPN), and
+//!   throwaway certificates.
 //! - [`fuzz_targets`]: entry points shared by `fuzz/` and the seed-corpus test.
 #![forbid(unsafe_code)]
 
@@ -31,4 +34,5 @@ pub mod metrics;
 pub mod protocol;
 pub mod simulator;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

@@ -116,6 +116,16 @@ struct SimulateArgs {
     /// Fault: stop reading connections once authenticated (requests and pings go unanswered).
     #[arg(long)]
     stop_reading: bool,
+    /// Serve `wss://` and `https://` with this PEM certificate chain (with --tls-key).
+    #[arg(long, requires = "tls_key", conflicts_with = "tls_self_signed")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve TLS with a fresh CA and a certificate for localhost and 127.0.0.1, written to DIR
+    /// (ca.pem, cert.pem, key.pem): give clients DIR/ca.pem to trust.
+    #[arg(long, value_name = "DIR")]
+    tls_self_signed: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -147,10 +157,11 @@ async fn serve(args: ServeArgs, log_format: Option<LogFormat>, open_files: Optio
     tracing::info!(settings = %settings.redacted(), ?open_files, "starting signalflow-gateway {}", env!("CARGO_PKG_VERSION"));
     let app = Application::build(settings).await?;
     let addr = app.local_addr()?;
-    tracing::info!(%addr, "listening");
-    println!("signalflow-gateway listening on http://{addr}");
+    let scheme = if app.is_tls() { "https" } else { "http" };
+    tracing::info!(%addr, scheme, "listening");
+    println!("signalflow-gateway listening on {scheme}://{addr}");
     println!(
-        "try: curl -N 'http://{addr}/computations/stream?program=data(%27cpu.utilization%27).mean(by%3D%5B%27region%27%5D).publish()'"
+        "try: curl -N '{scheme}://{addr}/computations/stream?program=data(%27cpu.utilization%27).mean(by%3D%5B%27region%27%5D).publish()'"
     );
     app.run_until_stopped(shutdown_signal()).await?;
     tracing::info!("stopped");
@@ -193,7 +204,22 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let cancel = CancellationToken::new();
-    let handle = simulator::spawn(listener, config, faults, cancel.clone());
+    let tls_files = match (args.tls_self_signed, args.tls_cert, args.tls_key) {
+        (Some(dir), _, _) => {
+            let files = signalflow_gateway::tls::write_self_signed(&dir)?;
+            println!("TLS: a fresh CA is in {}; clients trust it as their CA file", dir.join("ca.pem").display());
+            Some(files)
+        }
+        (None, Some(cert), Some(key)) => Some((cert, key)),
+        _ => None,
+    };
+    let handle = match tls_files {
+        Some((cert, key)) => {
+            let tls = signalflow_gateway::tls::Tls::load(&cert, &key)?;
+            simulator::spawn_tls(listener, config, faults, cancel.clone(), tls)
+        }
+        None => simulator::spawn(listener, config, faults, cancel.clone()),
+    };
     tracing::info!(url = %handle.ws_url(), control = %handle.control_url(), series = handle.state.config.inventory.len(), "SignalFlow simulator listening");
     println!("SignalFlow simulator: {}  (control API: {}/)", handle.ws_url(), handle.control_url());
     shutdown_signal().await;

@@ -27,14 +27,14 @@ const OPEN_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/openapi.yaml"];
 
 /// Equality in constant time (`subtle`), compared as SHA-256 digests so that neither the
 /// content nor the length of a configured key shows in the timing.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
     Sha256::digest(a).as_slice().ct_eq(Sha256::digest(b).as_slice()).into()
 }
 
 /// The key a request presents, from the header or the query.
-fn presented_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
+pub(crate) fn presented_key(headers: &HeaderMap, query: Option<&str>) -> Option<String> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

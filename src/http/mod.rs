@@ -5,6 +5,8 @@
 //! - [`events`]: the SSE / NDJSON streams.
 //! - [`compat`]: the SignalFlow REST/SSE API (`/v2/signalflow/…`) for existing SSE clients.
 //! - [`results`]: whole results of bounded queries as JSON or CSV.
+//! - [`signalflow_ws`]: the SignalFlow websocket protocol (`/v2/signalflow/connect`) for every
+//!   official client.
 //! - [`health`]: liveness, readiness and `/metrics`.
 //! - [`console`]: the browser console (`/`, `/console/{file}`), embedded.
 //! - [`access`]: API keys, CORS, tenants, request ids and the request log.
@@ -20,6 +22,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod results;
+pub mod signalflow_ws;
 
 use crate::config::Settings;
 use crate::hub::Hub;
@@ -89,6 +92,7 @@ pub fn parse_flag(value: Option<&str>, empty: Option<bool>) -> Result<Option<boo
 pub fn route_table() -> Vec<(&'static str, &'static str)> {
     let mut table = routes().table;
     table.extend(compat::ROUTES);
+    table.extend(signalflow_ws::ROUTES);
     table
 }
 
@@ -104,6 +108,8 @@ pub fn router(state: AppState) -> Router {
         // Outermost, so they cover every route, the compat ones included: the request log and
         // counters see every answer, CORS answers preflights before the key check.
         .layer(axum::middleware::from_fn_with_state(state.clone(), access::require_key))
+        // Websocket clients authenticate in the protocol (`authenticate`), not with headers.
+        .merge(signalflow_ws::router())
         .layer(axum::middleware::from_fn_with_state(state.clone(), access::cors))
         .layer(axum::middleware::from_fn_with_state(state.clone(), access::observe))
         .with_state(state)

@@ -208,6 +208,12 @@ impl Hub {
         self.inner.shutdown.is_cancelled()
     }
 
+    /// Fires when the hub starts shutting down (for connections the HTTP server does not
+    /// drain, such as upgraded websockets).
+    pub async fn shutting_down(&self) {
+        self.inner.shutdown.cancelled().await
+    }
+
     pub fn total_subscribers(&self) -> usize {
         self.inner.total_subscribers.load(Ordering::Relaxed)
     }

@@ -5,6 +5,8 @@
 //! `expired-tsid`, `control-message`, `error`) plus `gateway` for the gateway's own notices,
 //! whose JSON has an upper-case `event` and a `timestampMs`.
 
+use crate::protocol::binary::{self, Compression};
+use crate::protocol::data::DataBody;
 use crate::protocol::data::write_data_json;
 use crate::protocol::info::InfoMessage;
 use crate::protocol::metadata::{EventMessage, MetadataMessage};
@@ -74,6 +76,8 @@ pub struct GatewayEvent {
     pub sse: Bytes,
     ndjson: OnceLock<Bytes>,
     signalflow: OnceLock<Bytes>,
+    /// The websocket flavour's binary data bodies, one per publish block: plain and gzip.
+    ws_bodies: [OnceLock<Vec<Bytes>>; 2],
 }
 
 impl GatewayEvent {
@@ -95,7 +99,15 @@ impl GatewayEvent {
         sse.put_slice(b"\n\n");
         let sse = sse.freeze();
         let json = sse.slice(at..at + json.len());
-        GatewayEvent { seq, kind, json, sse, ndjson: OnceLock::new(), signalflow: OnceLock::new() }
+        GatewayEvent {
+            seq,
+            kind,
+            json,
+            sse,
+            ndjson: OnceLock::new(),
+            signalflow: OnceLock::new(),
+            ws_bodies: [OnceLock::new(), OnceLock::new()],
+        }
     }
 
     /// A gateway notice.
@@ -106,6 +118,32 @@ impl GatewayEvent {
             Notice::ReplayIncomplete => "REPLAY_INCOMPLETE",
         };
         GatewayEvent::new(seq, EventKind::Notice(notice), &self::notice(name, now_ms, extra))
+    }
+
+    /// The typed batch of a data event.
+    pub fn batch(&self) -> Option<&Batch> {
+        match &self.kind {
+            EventKind::Upstream(UpstreamEvent::Data(batch)) => Some(batch),
+            _ => None,
+        }
+    }
+
+    /// The binary bodies (protocol doc §4.5, header version 1 layout) of a data event, one per
+    /// publish block as the service sends them; gzip-compressed when `gzip` is set. Encoded on
+    /// first use and shared by every websocket subscriber, which only prepends its own header.
+    /// Empty for an event that is not data.
+    pub fn ws_data_bodies(&self, gzip: bool) -> &[Bytes] {
+        self.ws_bodies[usize::from(gzip)].get_or_init(|| match self.batch() {
+            None => Vec::new(),
+            Some(batch) => ws_blocks(batch)
+                .into_iter()
+                .map(|body| {
+                    let mut raw = Vec::new();
+                    body.encode_into(&mut raw, false);
+                    Bytes::from(if gzip { binary::compress(&raw, Compression::Gzip) } else { raw })
+                })
+                .collect(),
+        })
     }
 
     pub fn name(&self) -> &'static str {
@@ -193,6 +231,30 @@ fn abort(state: &str, reason: &str) -> Bytes {
     let terminal = Terminal::Aborted { state: state.into(), reason: reason.into() };
     let (name, body) = terminal_json(&terminal, crate::clock::now_ms());
     Bytes::from(format!("event: {name}\ndata: {body}\n\n"))
+}
+
+/// A batch split back into one body per publish block (empty blocks included); the whole batch
+/// as one body when it has no usable block sizes.
+fn ws_blocks(batch: &Batch) -> Vec<DataBody> {
+    let body = |points: &[crate::protocol::DataPoint]| DataBody {
+        logical_timestamp_ms: batch.logical_timestamp_ms,
+        max_delay_ms: None,
+        points: points.to_vec(),
+    };
+    let total: usize = batch.block_sizes.iter().map(|s| *s as usize).sum();
+    if batch.block_sizes.is_empty() || total != batch.points.len() {
+        return vec![body(&batch.points)];
+    }
+    let mut at = 0;
+    batch
+        .block_sizes
+        .iter()
+        .map(|size| {
+            let block = body(&batch.points[at..at + *size as usize]);
+            at += *size as usize;
+            block
+        })
+        .collect()
 }
 
 /// A merged batch as one `data` event per publish block (`None` if the block sizes do not add

@@ -290,6 +290,14 @@ pub fn decompress(body: &[u8], cap: usize) -> Result<Vec<u8>, FrameError> {
     Ok(out)
 }
 
+/// Compresses a body on its own, for a server that encodes a body once and frames it for many
+/// channels (the gateway's websocket clients).
+pub fn compress(body: &[u8], how: Compression) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() / 2 + 32);
+    compress_into(&mut out, body, how);
+    out
+}
+
 fn compress_into(out: &mut Vec<u8>, body: &[u8], how: Compression) {
     // Level 1: the simulator and tests compress on the hot path; ratio matters less than speed.
     let level = flate2::Compression::fast();

@@ -44,17 +44,21 @@ pub struct SimulatorHandle {
     task: JoinHandle<std::io::Result<()>>,
     /// Background fault injection, ended by `cancel`.
     faults_task: JoinHandle<()>,
+    /// Served over TLS (`wss://`, `https://`).
+    secure: bool,
 }
 
 impl SimulatorHandle {
     /// The websocket URL clients connect to.
     pub fn ws_url(&self) -> String {
-        format!("ws://{}/v2/signalflow/connect", self.addr)
+        let scheme = if self.secure { "wss" } else { "ws" };
+        format!("{scheme}://{}/v2/signalflow/connect", self.addr)
     }
 
     /// Base URL of the control API (`…/_sim/`).
     pub fn control_url(&self) -> String {
-        format!("http://{}/_sim", self.addr)
+        let scheme = if self.secure { "https" } else { "http" };
+        format!("{scheme}://{}/_sim", self.addr)
     }
 
     /// Drops every connection abruptly; returns how many there were.
@@ -86,7 +90,29 @@ pub fn spawn(
     let task = tokio::spawn(async move {
         axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
     });
-    SimulatorHandle { addr, state, cancel, task, faults_task }
+    SimulatorHandle { addr, state, cancel, task, faults_task, secure: false }
+}
+
+/// Serves the simulator over TLS (`wss://`, `https://`; h2 and HTTP/1.1 by ALPN) on `listener`
+/// until `cancel` fires.
+pub fn spawn_tls(
+    listener: TcpListener,
+    config: SimulatorConfig,
+    faults: Faults,
+    cancel: CancellationToken,
+    tls: crate::tls::Tls,
+) -> SimulatorHandle {
+    let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let state = SimState::new(config, faults);
+    let faults_task = spawn_fault_tasks(state.clone(), cancel.clone());
+    crate::tls::reload_on_sighup(tls.clone(), cancel.clone());
+    let shutdown = cancel.clone();
+    let app = router(state.clone());
+    let task = tokio::spawn(async move {
+        let stopped = async move { shutdown.cancelled().await };
+        crate::tls::serve(listener, tls, app, stopped, Duration::from_secs(1)).await
+    });
+    SimulatorHandle { addr, state, cancel, task, faults_task, secure: true }
 }
 
 /// Background fault injection that is not tied to a request: dropping every connection

@@ -65,6 +65,13 @@ async fn run_client(sim: &SimulatorHandle, scenario: &str, args: &[&str]) -> Rep
     run_script("python_ws_client.py", scenario, &format!("http://{}", sim.addr), args).await
 }
 
+/// Where the client connects: the simulator itself, or a gateway (against its built-in
+/// simulator) serving the websocket protocol.
+enum Target {
+    Simulator,
+    Gateway,
+}
+
 /// Runs `program` over `[start, stop)` with the crate's own client and merges the data messages
 /// per timestamp, as the reference for what the Python client must have decoded.
 async fn reference_values(sim: &SimulatorHandle, program: &str, start: i64, stop: i64) -> Values {
@@ -106,8 +113,15 @@ fn check_two_blocks_metadata(report: &Report) -> BTreeSet<Series> {
     })
 }
 
-async fn bounded_query_yields_everything_then_ends(compress: bool) {
+async fn bounded_query_yields_everything_then_ends(compress: bool, target: Target) {
+    // With a gateway, this simulator only computes the reference values (a pure function of
+    // program, series and timestamp, so the gateway's built-in one has the same).
     let sim = spawn_default_simulator().await;
+    let gateway = match target {
+        Target::Simulator => None,
+        Target::Gateway => Some(spawn_gateway(test_settings()).await),
+    };
+    let base = gateway.as_ref().map_or_else(|| format!("http://{}", sim.addr), |g| g.base.clone());
     let stop = START + 10 * RESOLUTION_MS;
     let (start_arg, stop_arg, resolution_arg) = (START.to_string(), stop.to_string(), RESOLUTION_MS.to_string());
     let args = [
@@ -122,7 +136,7 @@ async fn bounded_query_yields_everything_then_ends(compress: bool) {
         "--compress",
         if compress { "on" } else { "off" },
     ];
-    let report = run_client(&sim, "bounded", &args).await;
+    let report: Report = run_script("python_ws_client.py", "bounded", &base, &args).await;
 
     // The iterator ended by itself, on END_OF_CHANNEL.
     assert_eq!((report.ended.as_deref(), &report.exception), (Some("normally"), &None), "{report:#?}");
@@ -171,17 +185,20 @@ async fn bounded_query_yields_everything_then_ends(compress: bool) {
         ]);
         assert_eq!(text, expected);
     }
+    if let Some(gateway) = gateway {
+        gateway.stop().await;
+    }
     sim.shutdown().await.unwrap();
 }
 
 #[tokio::test]
 async fn python_client_reads_a_compressed_bounded_query_to_its_end() {
-    bounded_query_yields_everything_then_ends(true).await;
+    bounded_query_yields_everything_then_ends(true, Target::Simulator).await;
 }
 
 #[tokio::test]
 async fn python_client_reads_an_uncompressed_bounded_query_to_its_end() {
-    bounded_query_yields_everything_then_ends(false).await;
+    bounded_query_yields_everything_then_ends(false, Target::Simulator).await;
 }
 
 #[tokio::test]
@@ -229,4 +246,100 @@ async fn python_client_stops_a_live_computation_and_its_stream_ends() {
     let end = first + count * RESOLUTION_MS;
     assert_eq!(python_values(&report), reference_values(&sim, TWO_BLOCKS, first, end).await, "exact values");
     sim.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn python_client_reads_a_compressed_bounded_query_from_the_gateway_to_its_end() {
+    bounded_query_yields_everything_then_ends(true, Target::Gateway).await;
+}
+
+#[tokio::test]
+async fn python_client_reads_an_uncompressed_bounded_query_from_the_gateway_to_its_end() {
+    bounded_query_yields_everything_then_ends(false, Target::Gateway).await;
+}
+
+#[tokio::test]
+async fn python_client_raises_the_gateways_program_error() {
+    let gateway = spawn_gateway(test_settings()).await;
+    let program = "dta('x').publish()";
+    let report: Report = run_script("python_ws_client.py", "invalid", &gateway.base, &["--program", program]).await;
+
+    assert_eq!(report.ended.as_deref(), Some("exception"), "{report:#?}");
+    assert_eq!(report.exception_field("class"), "SignalFlowException");
+    assert_eq!(report.exception_field("code"), 400);
+    assert_eq!(report.exception_field("message"), "Unknown function 'dta'");
+    assert_eq!(report.error_payloads.len(), 1, "{report:#?}");
+    let payload = &report.error_payloads[0];
+    assert_eq!(payload.get("errorType"), Some(&json!("ANALYTICS_PROGRAM_NAME_ERROR")));
+    let context = payload.get("context").unwrap_or_else(|| panic!("no context: {payload:?}"));
+    assert_eq!((&context["line"], &context["column"]), (&json!(1), &json!(1)));
+    assert!(report.batches.is_empty() && report.handle.is_none(), "{report:#?}");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn python_client_stops_its_live_computation_on_the_gateway() {
+    let gateway = spawn_gateway(test_settings()).await;
+    let reason = "interop test stop";
+    let args = ["--program", TWO_BLOCKS, "--batches", "3", "--stop-reason", reason];
+    let report: Report = run_script("python_ws_client.py", "live", &gateway.base, &args).await;
+    check_stopped_live_run(&report, 3, reason);
+    assert_eq!(check_two_blocks_metadata(&report), expected_two_blocks_series());
+    let (first, count) = check_live_batches(&report, 3);
+    let sim = spawn_default_simulator().await;
+    let end = first + count * RESOLUTION_MS;
+    assert_eq!(python_values(&report), reference_values(&sim, TWO_BLOCKS, first, end).await, "exact values");
+    sim.shutdown().await.unwrap();
+    gateway.stop().await;
+}
+
+/// Three Python clients run the same live program through the gateway: one upstream job; the
+/// first stops after 2 batches, the others keep streaming to 6; an upstream connection kill in
+/// the middle ends no client's computation.
+#[tokio::test]
+async fn three_python_clients_share_one_job_and_one_stop_leaves_the_others_streaming() {
+    let gateway = spawn_gateway(test_settings()).await;
+    let program = TWO_BLOCKS;
+    let run = |batches: &'static str| {
+        let base = gateway.base.clone();
+        async move {
+            let args = ["--program", program, "--batches", batches, "--stop-reason", "done"];
+            run_script::<Report>("python_ws_client.py", "live", &base, &args).await
+        }
+    };
+    let watch = async {
+        let mut most = 0;
+        let mut killed = false;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        while tokio::time::Instant::now() < deadline {
+            let jobs = gateway.get_json("/_sim/jobs").await;
+            let running = jobs.as_array().map_or(0, |a| a.iter().filter(|j| j["program"] == program).count());
+            most = most.max(running);
+            if running == 1 && !killed {
+                // Once the job runs, every upstream socket dies once.
+                tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+                let r = gateway.http.post(gateway.url("/_sim/connections/kill")).send().await.unwrap();
+                assert!(r.status().is_success());
+                killed = true;
+            }
+            if killed && running == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        (most, killed)
+    };
+    let (a, b, c, (most, killed)) = tokio::join!(run("2"), run("6"), run("6"), watch);
+    assert!(killed, "the kill happened while the job ran");
+    assert_eq!(most, 1, "never more than one upstream job for the three clients");
+    for (report, batches) in [(&a, 2), (&b, 6), (&c, 6)] {
+        check_stopped_live_run(report, batches, "done");
+        check_live_batches(report, batches);
+    }
+    assert!(
+        a.handle.is_some() && a.handle == b.handle && b.handle == c.handle,
+        "one job: {:?}",
+        (a.handle, b.handle, c.handle)
+    );
+    gateway.stop().await;
 }

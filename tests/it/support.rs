@@ -56,6 +56,27 @@ impl WsClient {
         WsClient { ws }
     }
 
+    /// Connects with a TLS client configuration of the caller's (`wss://` with a test CA).
+    pub async fn connect_tls(url: &str, tls: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        let connector = tokio_tungstenite::Connector::Rustls(tls);
+        let connecting = tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector));
+        let (ws, _) = tokio::time::timeout(WAIT, connecting).await.expect("connect timeout").expect("connect");
+        WsClient { ws }
+    }
+
+    /// Connects over a socket with a tiny receive buffer (a client that reads slowly fills the
+    /// path quickly), to a plain `ws://127.0.0.1:PORT/…` URL.
+    pub async fn connect_small_buffer(url: &str) -> Self {
+        let authority = url.trim_start_matches("ws://").split('/').next().expect("ws://host:port/…");
+        let addr: std::net::SocketAddr = authority.parse().expect("an IP:port authority");
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = tokio::time::timeout(WAIT, socket.connect(addr)).await.expect("connect timeout").expect("connect");
+        let connecting = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream));
+        let (ws, _) = tokio::time::timeout(WAIT, connecting).await.expect("handshake timeout").expect("handshake");
+        WsClient { ws }
+    }
+
     /// Connects and authenticates, waiting for `authenticated`.
     pub async fn connect_authenticated(url: &str) -> Self {
         let mut c = Self::connect(url).await;
@@ -402,7 +423,11 @@ pub mod interop {
         args: &[&str],
     ) -> R {
         let path = format!("{}/tests/interop/{script}", env!("CARGO_MANIFEST_DIR"));
-        let mut command = Command::new(python());
+        // signalflow-client-python lives in a virtualenv of its own (see
+        // `signalflow_client_venv_python`).
+        let python =
+            if script.starts_with("signalflow_client") { super::signalflow_client_venv_python() } else { python() };
+        let mut command = Command::new(&python);
         command
             .arg(&path)
             .arg(scenario)
@@ -415,7 +440,7 @@ pub mod interop {
         let output = tokio::time::timeout(SCRIPT_TIMEOUT, command.output())
             .await
             .unwrap_or_else(|_| panic!("{script} {scenario} did not finish within {SCRIPT_TIMEOUT:?}"))
-            .unwrap_or_else(|e| panic!("cannot run {} (SIGNALFLOW_INTEROP_PYTHON): {e}", python()));
+            .unwrap_or_else(|e| panic!("cannot run {python} (SIGNALFLOW_INTEROP_PYTHON): {e}"));
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
@@ -576,20 +601,31 @@ pub mod interop {
 /// create it wait on a file lock; only one builds it.
 pub fn interop_venv_python() -> String {
     static PYTHON: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
-    PYTHON.get_or_init(prepare_interop_venv).clone().unwrap_or_else(|e| panic!("{e}"))
+    PYTHON.get_or_init(|| prepare_venv("interop-venv", "requirements.txt")).clone().unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn prepare_interop_venv() -> Result<String, String> {
+/// The python of a second virtualenv, `target/interop-venv-sfc`, for `signalflow-client-python`
+/// (from `tests/interop/requirements-signalflow-client.txt`): it installs the same `signalfx`
+/// package directory as PyPI `signalfx`, so the two cannot share one environment.
+pub fn signalflow_client_venv_python() -> String {
+    static PYTHON: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| prepare_venv("interop-venv-sfc", "requirements-signalflow-client.txt"))
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn prepare_venv(name: &str, requirements_file: &str) -> Result<String, String> {
     use std::process::Command;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = root.join("target/interop-venv");
+    let venv = root.join("target").join(name);
     let python = venv.join("bin/python");
-    let requirements_path = root.join("tests/interop/requirements.txt");
+    let requirements_path = root.join("tests/interop").join(requirements_file);
     let requirements =
         std::fs::read_to_string(&requirements_path).map_err(|e| format!("{requirements_path:?}: {e}"))?;
     let stamp = venv.join(".requirements.txt");
     std::fs::create_dir_all(root.join("target")).map_err(|e| format!("creating target/: {e}"))?;
-    let lock_path = root.join("target/interop-venv.lock");
+    let lock_path = root.join(format!("target/{name}.lock"));
     let lock = std::fs::File::create(&lock_path).map_err(|e| format!("{lock_path:?}: {e}"))?;
     lock.lock().map_err(|e| format!("locking {lock_path:?}: {e}"))?;
     if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == requirements) {
@@ -615,7 +651,7 @@ fn prepare_interop_venv() -> Result<String, String> {
         Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
             .arg(&requirements_path),
-        "pip install -r tests/interop/requirements.txt",
+        &format!("pip install -r tests/interop/{requirements_file}"),
     )?;
     std::fs::write(&stamp, &requirements).map_err(|e| format!("{stamp:?}: {e}"))?;
     Ok(python.display().to_string())

@@ -93,17 +93,31 @@ pub fn with_target_lock<T>(name: &str, f: impl FnOnce() -> T) -> T {
 /// installed by `npm ci` (the npm package only: the browser is the system Chromium). Done once;
 /// redone when the checked-in lock file changes.
 pub fn console_node_dir() -> PathBuf {
-    with_target_lock("console-node", || {
-        let dir = target_dir().join("console-node");
-        let lock = std::fs::read(repo_path("tests/console/package-lock.json")).expect("checked-in package-lock.json");
+    npm_ci_dir("console-node", "tests/console")
+}
+
+/// `target/node-signalfx`, with the pinned npm `signalfx` (the official Node.js SignalFlow
+/// client) of `tests/node-signalfx/package-lock.json`.
+pub fn node_signalfx_dir() -> PathBuf {
+    npm_ci_dir("node-signalfx", "tests/node-signalfx")
+}
+
+/// `target/<name>` with the packages of `<source>/package-lock.json` installed by `npm ci`, once
+/// (under a lock: test threads and processes race), and again when the lock file changes.
+fn npm_ci_dir(name: &str, source: &str) -> PathBuf {
+    with_target_lock(name, || {
+        let dir = target_dir().join(name);
+        let lock =
+            std::fs::read(repo_path(&format!("{source}/package-lock.json"))).expect("checked-in package-lock.json");
         // Written only after a successful install: a failed one is redone.
         let marker = dir.join("installed-package-lock.json");
         let installed = std::fs::read(&marker).is_ok_and(|l| l == lock);
         if !installed {
             require_tool("node", "--version", "Node.js 20 or later (Debian: apt-get install nodejs npm)");
             require_tool("npm", "--version", "npm (Debian: apt-get install npm)");
-            std::fs::create_dir_all(&dir).expect("console-node dir");
-            std::fs::copy(repo_path("tests/console/package.json"), dir.join("package.json")).expect("package.json");
+            std::fs::create_dir_all(&dir).expect("npm dir");
+            std::fs::copy(repo_path(&format!("{source}/package.json")), dir.join("package.json"))
+                .expect("package.json");
             std::fs::write(dir.join("package-lock.json"), &lock).expect("package-lock.json");
             let status = std::process::Command::new("npm")
                 .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
