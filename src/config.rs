@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     /// Address the HTTP API listens on.
@@ -31,16 +31,17 @@ pub struct Settings {
     pub drain_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamSettings {
     /// Full websocket URL of a SignalFlow service (or a `simulate` instance).
     pub url: Option<String>,
     /// Splunk Observability realm (`us0`, `us1`, `eu0`, …); builds the URL.
     pub realm: Option<String>,
-    #[serde(deserialize_with = "lenient_secret")]
+    #[serde(deserialize_with = "lenient_secret", serialize_with = "redacted_secret")]
     pub token: Option<SecretString>,
     /// HTTP CONNECT proxy; unset reads `HTTPS_PROXY`; `"none"` disables.
+    #[serde(serialize_with = "redacted_proxy")]
     pub proxy: Option<String>,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -61,7 +62,7 @@ pub struct UpstreamSettings {
     pub max_message_bytes: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Limits {
     pub max_body_bytes: usize,
@@ -83,7 +84,7 @@ pub struct Limits {
     pub max_result_series: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StreamSettings {
     /// SSE comment heartbeat interval.
@@ -106,7 +107,7 @@ pub struct StreamSettings {
     pub max_wait: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SimulatorSettings {
     /// Inventory TOML for the built-in simulator.
@@ -116,17 +117,17 @@ pub struct SimulatorSettings {
 }
 
 /// Client access to the gateway's API.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// Accepted API keys (`Authorization: Bearer`, or `access_token` for EventSource). Empty:
     /// no key needed. From the environment: `SFGW_AUTH__API_KEYS=key1,key2`.
-    #[serde(deserialize_with = "lenient_secrets")]
+    #[serde(deserialize_with = "lenient_secrets", serialize_with = "redacted_secrets")]
     pub api_keys: Vec<SecretString>,
 }
 
 /// Browsers on other origins.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CorsSettings {
     /// Origins allowed to call the API (`https://app.example.com`); `*` for any (only without
@@ -135,7 +136,7 @@ pub struct CorsSettings {
 }
 
 /// Whose SignalFx token is used upstream.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TenancySettings {
     /// Use each client's `X-SF-Token` upstream, with a separate pool per token; a computation is
@@ -149,7 +150,7 @@ pub struct TenancySettings {
 }
 
 /// The SignalFlow websocket protocol served to clients (`/v2/signalflow/connect`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebsocketSettings {
     /// `KEEP_ALIVE` to every client this often (clients give up after 60 s of silence).
@@ -183,7 +184,7 @@ impl Default for WebsocketSettings {
 }
 
 /// HTTPS and WSS on the listener (HTTP/2 offered by ALPN). Both files or neither.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsSettings {
     /// PEM certificate chain, server certificate first.
@@ -469,62 +470,26 @@ impl Settings {
         }
     }
 
-    /// The effective settings as JSON with the token replaced, for logs and dumps.
+    /// The effective settings as JSON, every setting under its own name, secrets replaced by
+    /// `[redacted]` and proxy credentials masked: for the startup log and dumps. Derived from
+    /// the settings structs themselves, so a new setting cannot be left out.
     pub fn redacted(&self) -> serde_json::Value {
-        let u = &self.upstream;
-        serde_json::json!({
-            "listen": self.listen,
-            "logFormat": self.log_format,
-            "upstream": {
-                "url": u.url, "realm": u.realm,
-                "token": u.token.as_ref().map(|_| "[redacted]"),
-                "proxy": u.proxy.as_deref().map(crate::upstream::dial::redact),
-                "connectTimeout": humantime::format_duration(u.connect_timeout).to_string(),
-                "readTimeout": humantime::format_duration(u.read_timeout).to_string(),
-                "writeTimeout": humantime::format_duration(u.write_timeout).to_string(),
-                "stopWait": humantime::format_duration(u.stop_wait).to_string(),
-                "maxConnections": u.max_connections,
-                "maxChannelsPerConnection": u.max_channels_per_connection,
-                "jobStartsPerSecond": u.job_starts_per_second,
-                "jobStartBurst": u.job_start_burst,
-                "compress": u.compress,
-            },
-            "limits": serde_json::to_value(LimitsView(&self.limits)).unwrap_or_default(),
-            "stream": {
-                "heartbeat": humantime::format_duration(self.stream.heartbeat).to_string(),
-                "linger": humantime::format_duration(self.stream.linger).to_string(),
-                "idleTimeout": humantime::format_duration(self.stream.idle_timeout).to_string(),
-            },
-            "drainTimeout": humantime::format_duration(self.drain_timeout).to_string(),
-            "auth": { "apiKeys": self.auth.api_keys.len() },
-            "cors": { "allowedOrigins": self.cors.allowed_origins },
-            "websocket": {
-                "keepaliveInterval": humantime::format_duration(self.websocket.keepalive_interval).to_string(),
-                "maxChannelsPerSocket": self.websocket.max_channels_per_socket,
-                "maxMessageBytes": self.websocket.max_message_bytes,
-            },
-            "tls": { "certFile": self.tls.cert_file, "keyFile": self.tls.key_file },
-            "tenancy": {
-                "passThrough": self.tenancy.pass_through, "maxPools": self.tenancy.max_pools,
-                "poolIdleTimeout": humantime::format_duration(self.tenancy.pool_idle_timeout).to_string(),
-            },
-        })
+        serde_json::to_value(self).unwrap_or_default()
     }
 }
 
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct LimitsView<'a>(#[serde(serialize_with = "limits_view")] &'a Limits);
+const REDACTED: &str = "[redacted]";
 
-fn limits_view<S: serde::Serializer>(l: &&Limits, s: S) -> Result<S::Ok, S::Error> {
-    serde_json::json!({
-        "maxBodyBytes": l.max_body_bytes, "maxProgramBytes": l.max_program_bytes,
-        "maxComputations": l.max_computations, "maxSubscribersPerComputation": l.max_subscribers_per_computation,
-        "maxSubscribersTotal": l.max_subscribers_total, "subscriberQueue": l.subscriber_queue,
-        "replayEvents": l.replay_events, "replayBytes": l.replay_bytes,
-        "replayAge": humantime::format_duration(l.replay_age).to_string(),
-    })
-    .serialize(s)
+fn redacted_secret<S: serde::Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    secret.as_ref().map(|_| REDACTED).serialize(s)
+}
+
+fn redacted_secrets<S: serde::Serializer>(secrets: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
+    vec![REDACTED; secrets.len()].serialize(s)
+}
+
+fn redacted_proxy<S: serde::Serializer>(proxy: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    proxy.as_deref().map(crate::upstream::dial::redact).serialize(s)
 }
 
 /// Keys from a file (a list) or the environment (one string, split on commas by the loader).
@@ -589,6 +554,56 @@ mod tests {
             "stream.heartbeat:",
         ] {
             assert!(text.contains(name), "missing {name} in:\n{text}");
+        }
+    }
+
+    /// Leaf paths of a JSON document (`upstream.token`, …).
+    fn leaves(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    leaves(v, &if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") }, out)
+                }
+            }
+            _ => out.push(prefix.to_owned()),
+        }
+    }
+
+    #[test]
+    fn every_setting_is_in_the_dump_and_every_secret_is_redacted() {
+        let mut s = Settings::default();
+        s.upstream.token = Some(SecretString::from("tok-s3cret"));
+        s.upstream.proxy = Some("http://user:pr0xy-pass@proxy:3128".into());
+        s.auth.api_keys =
+            vec![SecretString::from("key-s3cret-0123456789"), SecretString::from("key-s3cret-abcdefghij")];
+        let dump = s.redacted();
+        let text = dump.to_string();
+        for secret in ["s3cret", "pr0xy-pass"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert_eq!(dump["upstream"]["token"], "[redacted]");
+        assert_eq!(dump["auth"]["api_keys"], serde_json::json!(["[redacted]", "[redacted]"]));
+        assert_eq!(dump["upstream"]["proxy"], "http://***@proxy:3128");
+        // Every dumped key is a setting the loader accepts (unknown fields are refused), and
+        // reading the dump back gives the same dump: nothing is missing or renamed.
+        let back: Settings = serde_json::from_value(dump.clone()).expect("the dump reads back as settings");
+        assert_eq!(back.redacted(), dump);
+        // The settings the hand-written dump used to miss.
+        let mut paths = Vec::new();
+        leaves(&dump, "", &mut paths);
+        for name in [
+            "limits.max_result_points",
+            "limits.max_result_series",
+            "stream.ended_retention",
+            "stream.start_wait",
+            "stream.max_wait",
+            "upstream.max_message_bytes",
+            "upstream.stop_wait",
+            "websocket.outbound_queue",
+            "simulator.keepalive_interval",
+            "drain_timeout",
+        ] {
+            assert!(paths.iter().any(|p| p == name), "{name} missing from the dump: {paths:?}");
         }
     }
 

@@ -365,11 +365,13 @@ mod tests {
 
     #[test]
     fn problems_keep_their_status_and_message_in_the_signalflow_shape() {
-        let unavailable = CompatError::from(ApiError::from(HubError::UpstreamUnavailable("refused".into())));
+        let refused = crate::upstream::ConnectError::AuthRejected("refused".into());
+        let unavailable =
+            CompatError::from(ApiError::from(HubError::UpstreamUnavailable(Some(std::sync::Arc::new(refused)))));
         assert_eq!(unavailable.0.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             unavailable.body(),
-            json!({ "code": 503, "message": "the SignalFlow upstream is unavailable: refused", "errorType": "UPSTREAM_UNAVAILABLE" })
+            json!({ "code": 503, "message": "the SignalFlow upstream is unavailable: the service rejected the token: refused", "errorType": "UPSTREAM_UNAVAILABLE" })
         );
         let limit = CompatError::from(ApiError::from(HubError::TooManyComputations(3)));
         assert_eq!((limit.0.status.as_u16(), limit.0.error_type.as_str()), (429, "LIMIT_REACHED"));

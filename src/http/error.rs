@@ -3,7 +3,7 @@
 //! `line`/`column`, `errorType`). The framework's own rejections (bad JSON, wrong content type,
 //! body too large, unknown route or method) are mapped into the same shape.
 
-use crate::hub::{HubError, SpecError};
+use crate::hub::{HubError, SpecError, SpecErrorKind};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -115,10 +115,10 @@ impl IntoResponse for ApiError {
 
 impl From<SpecError> for ApiError {
     fn from(e: SpecError) -> Self {
-        if e.field == "program" && e.problem.contains("the limit is") {
-            return ApiError::program_too_large(e.to_string());
+        match e.kind {
+            SpecErrorKind::ProgramTooLarge => ApiError::program_too_large(e.to_string()),
+            SpecErrorKind::Invalid => ApiError::invalid(e.field, e.to_string()),
         }
-        ApiError::invalid(e.field, e.to_string())
     }
 }
 
@@ -126,7 +126,7 @@ impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
         match e {
             HubError::NotFound => ApiError::not_found("the computation"),
-            HubError::TooManyComputations(_) | HubError::UpstreamFull(_) => ApiError::limit(e.to_string()),
+            HubError::TooManyComputations(_) | HubError::UpstreamFull { .. } => ApiError::limit(e.to_string()),
             HubError::UpstreamUnavailable(_) => ApiError::unavailable(e.to_string()),
             HubError::TooManyTenants => ApiError::limit(e.to_string()),
             HubError::ShuttingDown => {

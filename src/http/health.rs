@@ -20,7 +20,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     if pools.is_ready() && !state.hub.is_shutting_down() {
         Json(json!({ "ready": true, "upstreamSockets": sockets })).into_response()
     } else {
-        let reason = all.iter().find_map(|p| p.status().last_error).unwrap_or_else(|| "not connected yet".into());
+        let reason = all
+            .iter()
+            .find_map(|p| p.status().last_error.map(|e| e.to_string()))
+            .unwrap_or_else(|| "not connected yet".into());
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready", reason.clone())
             .with("ready", false)
             .with("reason", reason)

@@ -16,12 +16,12 @@ pub mod stream;
 pub mod tenant;
 
 pub use computation::{Entry, Phase, SubscribeOutcome};
-pub use spec::{ComputationSpec, RawSpec, SpecError, SpecKey, TimeSpec};
+pub use spec::{ComputationSpec, RawSpec, SpecError, SpecErrorKind, SpecKey, TimeSpec};
 pub use stream::Format;
 pub use tenant::{Pools, Tenant};
 
 use crate::config::{Limits, Settings, StreamSettings};
-use crate::upstream::UpstreamError;
+use crate::upstream::{ConnectError, UpstreamError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -79,20 +79,25 @@ impl HubStats {
 }
 
 /// Why a hub operation failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum HubError {
     #[error("no such computation")]
     NotFound,
     #[error("the gateway is running its limit of {0} computations")]
     TooManyComputations(usize),
-    #[error("the upstream has no room for another job: {0}")]
-    UpstreamFull(String),
-    #[error("the SignalFlow upstream is unavailable: {0}")]
-    UpstreamUnavailable(String),
+    #[error("the upstream has no room for another job: every socket is at its channel limit ({jobs} jobs)")]
+    UpstreamFull { jobs: usize },
+    /// No authenticated socket within the readiness wait; the last connection failure, if any.
+    #[error("the SignalFlow upstream is unavailable: {}", unavailable_reason(.0.as_deref()))]
+    UpstreamUnavailable(Option<Arc<ConnectError>>),
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("too many tokens hold upstream pools")]
     TooManyTenants,
+}
+
+fn unavailable_reason(error: Option<&ConnectError>) -> String {
+    error.map_or_else(|| "not connected yet".to_owned(), ToString::to_string)
 }
 
 impl From<TooManyTenants> for HubError {
@@ -278,11 +283,10 @@ impl Hub {
         let _reserved = self.reserve_slot()?;
         let pool = self.inner.pools.for_tenant(tenant)?;
         if !pool.wait_ready(self.inner.settings.ready_wait).await {
-            let reason = pool.status().last_error.unwrap_or_else(|| "not connected yet".into());
-            return Err(HubError::UpstreamUnavailable(reason));
+            return Err(HubError::UpstreamUnavailable(pool.status().last_error));
         }
         let computation = pool.execute(spec.to_execute(now)).await.map_err(|e| match e {
-            UpstreamError::PoolFull(_) => HubError::UpstreamFull(e.to_string()),
+            UpstreamError::PoolFull(jobs) => HubError::UpstreamFull { jobs },
             UpstreamError::Closed => HubError::ShuttingDown,
         })?;
         let (events, control) = computation.into_parts();

@@ -110,10 +110,20 @@ pub struct ComputationSpec {
 pub struct SpecError {
     pub field: &'static str,
     pub problem: String,
+    pub kind: SpecErrorKind,
+}
+
+/// What is wrong with the field, for the answer's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpecErrorKind {
+    /// Missing, malformed or out of range.
+    Invalid,
+    /// The program is over the size limit.
+    ProgramTooLarge,
 }
 
 fn invalid(field: &'static str, problem: impl Into<String>) -> SpecError {
-    SpecError { field, problem: problem.into() }
+    SpecError { field, problem: problem.into(), kind: SpecErrorKind::Invalid }
 }
 
 /// The raw fields of a request, however they arrived (JSON body or query string).
@@ -136,7 +146,8 @@ impl ComputationSpec {
             return Err(invalid("program", "is required and must not be empty"));
         }
         if program.len() > max_program_bytes {
-            return Err(invalid("program", format!("is {} bytes; the limit is {max_program_bytes}", program.len())));
+            let problem = format!("is {} bytes; the limit is {max_program_bytes}", program.len());
+            return Err(SpecError { kind: SpecErrorKind::ProgramTooLarge, ..invalid("program", problem) });
         }
         let time = |field, v: Option<Value>| {
             v.filter(|v| !v.is_null()).map(|v| TimeSpec::parse(&v).map_err(|p| invalid(field, p))).transpose()

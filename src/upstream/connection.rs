@@ -179,7 +179,8 @@ impl SlotTask {
                 }
                 Some(Err(error)) => {
                     let delay = backoff.next_delay();
-                    self.ctx.connect_failed(&error);
+                    let error = Arc::new(error);
+                    self.ctx.connect_failed(error.clone());
                     tracing::warn!(slot = self.shared.id, error = %error, delay_ms = delay.as_millis() as u64, "upstream connect failed");
                     self.wait_accepting_commands(delay).await;
                 }

@@ -19,4 +19,5 @@ pub use computation::{
     Batch, Computation, ComputationControl, ComputationError, ComputationState, EventReceiver, ExecuteSpec, Status,
     Terminal, UpstreamEvent,
 };
+pub use connection::ConnectError;
 pub use pool::{Pool, PoolStatus, UpstreamConfig, UpstreamError};

@@ -126,7 +126,7 @@ pub(crate) struct PoolContext {
     pub limiter: RateLimiter,
     pub stats: PoolStats,
     pub cancel: CancellationToken,
-    last_error: Mutex<Option<String>>,
+    last_error: Mutex<Option<Arc<ConnectError>>>,
     /// Bumped whenever a socket becomes authenticated or stops being so: what readiness waits
     /// on instead of polling.
     readiness: watch::Sender<u64>,
@@ -147,12 +147,12 @@ impl PoolContext {
         format!("signalflow-gateway/{}", env!("CARGO_PKG_VERSION"))
     }
 
-    pub fn connect_failed(&self, error: &ConnectError) {
+    pub fn connect_failed(&self, error: Arc<ConnectError>) {
         self.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-        if matches!(error, ConnectError::AuthRejected(_)) {
+        if matches!(*error, ConnectError::AuthRejected(_)) {
             self.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
         }
-        *self.last_error.lock() = Some(error.to_string());
+        *self.last_error.lock() = Some(error);
         self.readiness.send_modify(|n| *n += 1);
     }
 
@@ -172,11 +172,12 @@ pub enum UpstreamError {
 }
 
 /// A snapshot for health checks and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PoolStatus {
     pub sockets_authenticated: usize,
     pub computations: usize,
-    pub last_error: Option<String>,
+    /// Why the last connection attempt failed.
+    pub last_error: Option<Arc<ConnectError>>,
 }
 
 /// The pool handle; cheap to clone.
