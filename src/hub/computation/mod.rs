@@ -1,0 +1,156 @@
+//! One gateway computation: its shared state ([`Entry`]) and the pump task (`pump`) that owns
+//! its event sequence, replay ring and subscribers.
+//!
+//! The pump is the only writer of ids, the ring and the subscriber list, so subscribing is
+//! ordered with events by construction: a new subscriber's snapshot or replay and its first live
+//! event can neither overlap nor leave a gap. It never waits on a subscriber.
+
+use super::HubInner;
+use super::spec::{ComputationSpec, SpecKey};
+use super::stream::{Framing, Subscription};
+use crate::protocol::Tsid;
+use crate::protocol::metadata::MetadataMessage;
+use crate::upstream::{ComputationControl, EventReceiver, Terminal};
+use parking_lot::{Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+mod pump;
+
+/// Where a computation is in its life, as the gateway reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Running,
+    Reconnecting,
+    Ended(Terminal),
+}
+
+/// What the pump is asked to do.
+pub enum PumpCommand {
+    Subscribe { last_event_id: Option<u64>, format: Framing, reply: oneshot::Sender<SubscribeOutcome> },
+    Unsubscribe(u64),
+}
+
+/// The answer to a subscribe.
+pub enum SubscribeOutcome {
+    Stream(Subscription),
+    /// The computation has ended and the subscriber has seen its end: nothing more will come.
+    Finished,
+    TooManySubscribers,
+}
+
+/// A computation's state shared with the HTTP side.
+pub struct Entry {
+    pub id: String,
+    pub spec: ComputationSpec,
+    pub key: SpecKey,
+    /// Whose computation this is; others never see it.
+    pub tenant: String,
+    pub created_at_ms: i64,
+    pub control: ComputationControl,
+    commands: mpsc::Sender<PumpCommand>,
+    phase: watch::Sender<Phase>,
+    pub subscribers: AtomicUsize,
+    /// A stop was asked for (by a client); the end follows when the upstream confirms.
+    pub stop_requested: AtomicBool,
+    /// Requests that joined this computation instead of starting their own.
+    pub shared_by: AtomicU64,
+    pub last_seq: AtomicU64,
+    /// Nothing evicted from the replay ring yet: a joiner can see everything from the start.
+    pub ring_complete: AtomicBool,
+    metadata: Mutex<HashMap<Tsid, Arc<MetadataMessage>>>,
+}
+
+impl Phase {
+    /// The phase's name (`starting`, `running`, `reconnecting`, `ended`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Starting => "starting",
+            Phase::Running => "running",
+            Phase::Reconnecting => "reconnecting",
+            Phase::Ended(_) => "ended",
+        }
+    }
+}
+
+impl Entry {
+    pub fn phase(&self) -> Phase {
+        self.phase.borrow().clone()
+    }
+
+    pub fn watch_phase(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+
+    /// Short critical section, no await.
+    fn metadata(&self) -> MutexGuard<'_, HashMap<Tsid, Arc<MetadataMessage>>> {
+        self.metadata.lock()
+    }
+
+    /// Every known series' metadata, ordered by TSID. The lock is held only to copy the
+    /// pointers out: rendering (perhaps 100k series) happens after, and the pump never waits
+    /// for a reader.
+    pub fn metadata_snapshot(&self) -> Vec<Arc<MetadataMessage>> {
+        let mut all: Vec<Arc<MetadataMessage>> = self.metadata().values().cloned().collect();
+        all.sort_unstable_by_key(|m| m.tsid);
+        all
+    }
+
+    /// One series' metadata.
+    pub fn series_metadata(&self, tsid: Tsid) -> Option<Arc<MetadataMessage>> {
+        self.metadata().get(&tsid).cloned()
+    }
+
+    /// Asks the pump for a subscription.
+    pub async fn subscribe(&self, last_event_id: Option<u64>, format: impl Into<Framing>) -> Option<SubscribeOutcome> {
+        let format = format.into();
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(PumpCommand::Subscribe { last_event_id, format, reply }).await.ok()?;
+        answer.await.ok()
+    }
+
+    pub fn is_ended(&self) -> bool {
+        matches!(*self.phase.borrow(), Phase::Ended(_))
+    }
+}
+
+/// What a new computation starts from.
+pub struct NewComputation {
+    pub id: String,
+    pub spec: ComputationSpec,
+    pub key: SpecKey,
+    pub tenant: String,
+    pub control: ComputationControl,
+    pub events: EventReceiver,
+    pub now_ms: i64,
+}
+
+/// Creates the entry and spawns its pump on the hub's tracker.
+pub fn start(hub: &Arc<HubInner>, new: NewComputation) -> Arc<Entry> {
+    let NewComputation { id, spec, key, tenant, control, events, now_ms } = new;
+    let settings = &hub.settings;
+    let (commands_tx, commands) =
+        mpsc::channel(settings.limits.max_subscribers_per_computation.saturating_mul(2).clamp(16, 65_536));
+    let entry = Arc::new(Entry {
+        id,
+        spec,
+        key,
+        tenant,
+        created_at_ms: now_ms,
+        control,
+        commands: commands_tx,
+        phase: watch::Sender::new(Phase::Starting),
+        subscribers: AtomicUsize::new(0),
+        stop_requested: AtomicBool::new(false),
+        shared_by: AtomicU64::new(0),
+        last_seq: AtomicU64::new(0),
+        ring_complete: AtomicBool::new(true),
+        metadata: Mutex::new(HashMap::new()),
+    });
+    let pump = pump::Pump::new(entry.clone(), hub.clone());
+    hub.tracker.spawn(pump.run(events, commands));
+    entry
+}
