@@ -85,19 +85,7 @@ def main():
         sfx = signalfx.SignalFx(stream_endpoint=args.base_url, compress=compress)
         return sfx.signalflow(args.token)
 
-    def bounded(flow):
-        comp = flow.execute(args.program, start=args.start, stop=args.stop,
-                            resolution=args.resolution)
-        common.consume(report, comp)
-
-    def live(flow):
-        stop = common.stop_after_batches(
-            report, args.batches, lambda comp: flow.stop(comp.id, args.stop_reason))
-        comp = flow.execute(args.program, resolution=args.resolution)
-        common.consume(report, comp, on_batch=stop)
-
-    common.run(report, args, "python_ws_client", connect,
-               {"bounded": bounded, "invalid": bounded, "live": live})
+    common.run(report, args, "python_ws_client", connect, common.client_scenarios(report, args))
 
 
 if __name__ == "__main__":

@@ -165,6 +165,24 @@ def start_watchdog(report, timeout, name):
     return timer
 
 
+def client_scenarios(report, args):
+    """The scenarios every SignalFlow client script runs: a bounded query read to its end, the
+    same with an invalid program, and a live query stopped after a few batches."""
+
+    def bounded(flow):
+        comp = flow.execute(args.program, start=args.start, stop=args.stop,
+                            resolution=args.resolution)
+        consume(report, comp)
+
+    def live(flow):
+        stop = stop_after_batches(
+            report, args.batches, lambda comp: flow.stop(comp.id, args.stop_reason))
+        comp = flow.execute(args.program, resolution=args.resolution)
+        consume(report, comp, on_batch=stop)
+
+    return {"bounded": bounded, "invalid": bounded, "live": live}
+
+
 def run(report, args, name, connect, scenarios):
     """Runs `scenarios[args.scenario](flow)` with the client `connect()` builds, under the
     watchdog, closes the client and prints the report."""

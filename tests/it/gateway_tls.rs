@@ -11,7 +11,6 @@ use signalflow_gateway::protocol::messages::ServerMessage;
 use signalflow_gateway::tls::{self, SelfSigned};
 use std::path::PathBuf;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 /// A fresh CA and server certificate for localhost / 127.0.0.1, written under `target/`.
 pub struct TestCa {
@@ -127,7 +126,7 @@ async fn several_sse_computations_stream_over_one_h2_connection() {
     let mut streams = Vec::new();
     for i in 0..8 {
         let program = format!("data('cpu.utilization').sum().scale({}).publish('s{i}')", i + 1);
-        let query: String = url_encode(&program);
+        let query: String = query_value(&program);
         let request = hyper::Request::get(format!("{base}/computations/stream?program={query}&resolution=1000"))
             .header("accept", "text/event-stream")
             .body(Empty::<Bytes>::new())
@@ -162,15 +161,6 @@ async fn several_sse_computations_stream_over_one_h2_connection() {
     gateway.stop().await;
 }
 
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn websocket_clients_connect_over_wss_and_a_reload_serves_the_new_certificate() {
     let ca = TestCa::new();
@@ -193,14 +183,7 @@ async fn websocket_clients_connect_over_wss_and_a_reload_serves_the_new_certific
     std::fs::write(&cert, &ca.set.cert_pem).unwrap();
     std::fs::write(&key, &ca.set.key_pem).unwrap();
     let tls = tls::Tls::load(&cert, &key).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim = signalflow_gateway::simulator::spawn_tls(
-        listener,
-        Default::default(),
-        Default::default(),
-        CancellationToken::new(),
-        tls.clone(),
-    );
+    let sim = spawn_tls_simulator(tls.clone()).await;
     assert!(sim.ws_url().starts_with("wss://"));
     let jobs_url = format!("{}/jobs", sim.control_url().replacen("127.0.0.1", "localhost", 1));
     assert!(ca.reqwest().get(&jobs_url).send().await.unwrap().status().is_success());

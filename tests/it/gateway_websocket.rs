@@ -170,7 +170,7 @@ async fn sse_subscribers_and_websocket_clients_of_one_program_share_the_job() {
     let gateway = spawn_gateway(test_settings()).await;
     let program = "data('memory.utilization').max().publish('shared')";
     let mut sse =
-        gateway.sse(&format!("/computations/stream?program={}&resolution=1000", urlencode(program)), None).await;
+        gateway.sse(&format!("/computations/stream?program={}&resolution=1000", query_value(program)), None).await;
     sse.until_data(1).await;
     let mut client = WsClient::connect_authenticated(&ws_url(&gateway)).await;
     client.send(execute("R0", program)).await;
@@ -179,15 +179,6 @@ async fn sse_subscribers_and_websocket_clients_of_one_program_share_the_job() {
     assert_eq!(sim_jobs(&gateway, program).await.len(), 1, "SSE and websocket share one upstream job");
     sse.until_data(1).await;
     gateway.stop().await;
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[tokio::test]

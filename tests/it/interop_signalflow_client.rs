@@ -7,8 +7,8 @@
 
 use crate::gateway_tls::{TestCa, tls_gateway};
 use crate::support::interop::*;
+use crate::support::spawn_tls_simulator;
 use serde::Deserialize;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Deserialize)]
 struct Observed {
@@ -31,14 +31,7 @@ async fn run(target: Target, scenario: &str, args: &[&str]) -> Report {
     match target {
         Target::Simulator => {
             let tls = signalflow_gateway::tls::Tls::load(ca.file("cert.pem"), ca.file("key.pem")).unwrap();
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let sim = signalflow_gateway::simulator::spawn_tls(
-                listener,
-                Default::default(),
-                Default::default(),
-                CancellationToken::new(),
-                tls,
-            );
+            let sim = spawn_tls_simulator(tls).await;
             let base = format!("https://127.0.0.1:{}", sim.addr.port());
             let report = run_script("signalflow_client_python.py", scenario, &base, &all).await;
             sim.shutdown().await.unwrap();

@@ -23,6 +23,12 @@ pub async fn spawn_simulator(config: SimulatorConfig, faults: Faults) -> Simulat
     simulator::spawn(listener, config, faults, CancellationToken::new())
 }
 
+/// The simulator over TLS (`wss://`), with its default configuration.
+pub async fn spawn_tls_simulator(tls: signalflow_gateway::tls::Tls) -> SimulatorHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    simulator::spawn_tls(listener, SimulatorConfig::default(), Faults::default(), CancellationToken::new(), tls)
+}
+
 pub async fn spawn_default_simulator() -> SimulatorHandle {
     spawn_simulator(SimulatorConfig::default(), Faults::default()).await
 }
@@ -177,6 +183,11 @@ impl Control {
     pub async fn post(&self, path: &str, body: Json) -> reqwest::StatusCode {
         self.send(reqwest::Method::POST, path, body).await
     }
+}
+
+/// A value percent-encoded for a URL query string.
+pub fn query_value(value: &str) -> String {
+    form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
 /// Polls `check` until it is true (state that another task changes asynchronously), bounded by
