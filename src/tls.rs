@@ -17,13 +17,14 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use parking_lot::RwLock;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -69,7 +70,7 @@ struct Resolver(RwLock<Arc<CertifiedKey>>);
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         // Short critical section, no await.
-        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+        Some(self.0.read().clone())
     }
 }
 
@@ -100,7 +101,7 @@ impl Tls {
     /// Reads the files again; on failure the current certificate stays.
     pub fn reload(&self) -> Result<(), TlsError> {
         let key = load_certified_key(&self.cert_file, &self.key_file)?;
-        *self.resolver.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+        *self.resolver.0.write() = key;
         Ok(())
     }
 }

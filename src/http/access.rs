@@ -19,7 +19,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use std::time::Instant;
 
 /// Routes that never need a key (probes, the contract).
@@ -27,10 +27,15 @@ const OPEN_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/openapi.yaml"];
 
 /// Equality in constant time (`subtle`), compared as SHA-256 digests so that neither the
 /// content nor the length of a configured key shows in the timing.
-pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
+fn same(a: &[u8], b: &[u8]) -> bool {
     use sha2::{Digest, Sha256};
     use subtle::ConstantTimeEq;
     Sha256::digest(a).as_slice().ct_eq(Sha256::digest(b).as_slice()).into()
+}
+
+/// Whether `presented` is one of the configured API keys.
+pub(crate) fn is_valid_key(keys: &[SecretString], presented: &str) -> bool {
+    keys.iter().any(|k| same(k.expose_secret().as_bytes(), presented.as_bytes()))
 }
 
 /// The key a request presents, from the header or the query.
@@ -63,7 +68,7 @@ pub async fn require_key(State(state): State<AppState>, request: Request, next: 
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             response
         }
-        Some(key) if keys.iter().any(|k| same(k.expose_secret().as_bytes(), key.as_bytes())) => next.run(request).await,
+        Some(key) if is_valid_key(keys, &key) => next.run(request).await,
         Some(_) => {
             ApiError::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", "the API key is not valid").into_response()
         }

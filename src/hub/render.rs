@@ -6,8 +6,7 @@
 //! whose JSON has an upper-case `event` and a `timestampMs`.
 
 use crate::protocol::binary::{self, Compression};
-use crate::protocol::data::DataBody;
-use crate::protocol::data::write_data_json;
+use crate::protocol::data::{encode_data_body, write_data_json};
 use crate::protocol::info::InfoMessage;
 use crate::protocol::metadata::{EventMessage, MetadataMessage};
 use crate::upstream::{Batch, Terminal, UpstreamEvent};
@@ -76,8 +75,10 @@ pub struct GatewayEvent {
     pub sse: Bytes,
     ndjson: OnceLock<Bytes>,
     signalflow: OnceLock<Bytes>,
-    /// The websocket flavour's binary data bodies, one per publish block: plain and gzip.
-    ws_bodies: [OnceLock<Vec<Bytes>>; 2],
+    /// The websocket flavour's binary data bodies, one per publish block.
+    ws_bodies: OnceLock<Vec<Bytes>>,
+    /// Their gzip-compressed form, for the blocks long enough to be sent compressed.
+    ws_gzip_bodies: OnceLock<Vec<Option<Bytes>>>,
 }
 
 impl GatewayEvent {
@@ -106,7 +107,8 @@ impl GatewayEvent {
             sse,
             ndjson: OnceLock::new(),
             signalflow: OnceLock::new(),
-            ws_bodies: [OnceLock::new(), OnceLock::new()],
+            ws_bodies: OnceLock::new(),
+            ws_gzip_bodies: OnceLock::new(),
         }
     }
 
@@ -129,20 +131,35 @@ impl GatewayEvent {
     }
 
     /// The binary bodies (protocol doc §4.5, header version 1 layout) of a data event, one per
-    /// publish block as the service sends them; gzip-compressed when `gzip` is set. Encoded on
-    /// first use and shared by every websocket subscriber, which only prepends its own header.
-    /// Empty for an event that is not data.
-    pub fn ws_data_bodies(&self, gzip: bool) -> &[Bytes] {
-        self.ws_bodies[usize::from(gzip)].get_or_init(|| match self.batch() {
+    /// publish block as the service sends them. Encoded on first use and shared by every
+    /// websocket subscriber, which only prepends its own header. Empty for an event that is not
+    /// data.
+    pub fn ws_data_bodies(&self) -> &[Bytes] {
+        self.ws_bodies.get_or_init(|| match self.batch() {
             None => Vec::new(),
-            Some(batch) => ws_blocks(batch)
+            Some(batch) => blocks(batch)
                 .into_iter()
-                .map(|body| {
+                .map(|points| {
                     let mut raw = Vec::new();
-                    body.encode_into(&mut raw, false);
-                    Bytes::from(if gzip { binary::compress(&raw, Compression::Gzip) } else { raw })
+                    encode_data_body(&mut raw, batch.logical_timestamp_ms, None, points);
+                    Bytes::from(raw)
                 })
                 .collect(),
+        })
+    }
+
+    /// [`Self::ws_data_bodies`] gzip-compressed, for the ones of at least
+    /// [`binary::MIN_COMPRESS_LEN`] bytes (`None` for the others: they are sent as they are).
+    /// Compressed once, on first use by a subscriber that asked for `compress`.
+    pub fn ws_gzip_data_bodies(&self) -> &[Option<Bytes>] {
+        self.ws_gzip_bodies.get_or_init(|| {
+            self.ws_data_bodies()
+                .iter()
+                .map(|body| {
+                    (body.len() >= binary::MIN_COMPRESS_LEN)
+                        .then(|| Bytes::from(binary::compress(body, Compression::Gzip)))
+                })
+                .collect()
         })
     }
 
@@ -233,42 +250,34 @@ fn abort(state: &str, reason: &str) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {body}\n\n"))
 }
 
-/// A batch split back into one body per publish block (empty blocks included); the whole batch
-/// as one body when it has no usable block sizes.
-fn ws_blocks(batch: &Batch) -> Vec<DataBody> {
-    let body = |points: &[crate::protocol::DataPoint]| DataBody {
-        logical_timestamp_ms: batch.logical_timestamp_ms,
-        max_delay_ms: None,
-        points: points.to_vec(),
-    };
+/// A batch split back into its publish blocks (empty blocks included), as slices of its points;
+/// the whole batch as one block when it has no usable block sizes.
+fn blocks(batch: &Batch) -> Vec<&[crate::protocol::DataPoint]> {
     let total: usize = batch.block_sizes.iter().map(|s| *s as usize).sum();
     if batch.block_sizes.is_empty() || total != batch.points.len() {
-        return vec![body(&batch.points)];
+        return vec![&batch.points];
     }
     let mut at = 0;
     batch
         .block_sizes
         .iter()
         .map(|size| {
-            let block = body(&batch.points[at..at + *size as usize]);
+            let block = &batch.points[at..at + *size as usize];
             at += *size as usize;
             block
         })
         .collect()
 }
 
-/// A merged batch as one `data` event per publish block (`None` if the block sizes do not add
-/// up to its points: the caller then sends the batch whole).
+/// A merged batch as one `data` event per publish block (`None` for a single block, or sizes
+/// that do not add up to its points: the caller then sends the batch whole).
 fn split_blocks(batch: &Batch) -> Option<Bytes> {
-    let total: usize = batch.block_sizes.iter().map(|s| *s as usize).sum();
-    if total != batch.points.len() {
+    let blocks = blocks(batch);
+    if blocks.len() < 2 {
         return None;
     }
-    let mut out = Vec::with_capacity(64 + batch.points.len() * 48 + batch.block_sizes.len() * 64);
-    let mut at = 0;
-    for &size in &batch.block_sizes {
-        let block = &batch.points[at..at + size as usize];
-        at += size as usize;
+    let mut out = Vec::with_capacity(64 + batch.points.len() * 48 + blocks.len() * 64);
+    for block in blocks {
         out.extend_from_slice(b"event: data\ndata: ");
         write_data_json(&mut out, batch.logical_timestamp_ms, batch.max_delay_ms, block);
         out.extend_from_slice(b"\n\n");

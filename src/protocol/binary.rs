@@ -189,6 +189,10 @@ impl FrameHeader {
     }
 }
 
+/// Data bodies shorter than this are sent uncompressed even under `compress: true`: the service
+/// mixes flags 0x00 and 0x01 in one stream.
+pub const MIN_COMPRESS_LEN: usize = 256;
+
 /// Compression for encoding. Real servers use gzip; zlib exists for Node-style peers and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Compression {

@@ -165,17 +165,24 @@ impl DataBody {
     /// Appends the binary body. The max-delay field is written when `with_max_delay` is set
     /// (v2/v3 layout), as 0 if this body has none.
     pub fn encode_into(&self, out: &mut Vec<u8>, with_max_delay: bool) {
-        out.reserve(20 + self.points.len() * POINT_LEN);
-        out.extend_from_slice(&self.logical_timestamp_ms.to_be_bytes());
-        if with_max_delay {
-            out.extend_from_slice(&self.max_delay_ms.unwrap_or(0).to_be_bytes());
-        }
-        out.extend_from_slice(&(self.points.len() as u32).to_be_bytes());
-        for p in &self.points {
-            out.push(p.value.type_code());
-            out.extend_from_slice(&p.tsid.0.to_be_bytes());
-            out.extend_from_slice(&p.value.to_wire());
-        }
+        let max_delay = with_max_delay.then(|| self.max_delay_ms.unwrap_or(0));
+        encode_data_body(out, self.logical_timestamp_ms, max_delay, &self.points);
+    }
+}
+
+/// Appends a binary data body for `points` (a slice of a larger batch needs no copy): the
+/// max-delay field is written when `max_delay_ms` is given (v2/v3 layout).
+pub fn encode_data_body(out: &mut Vec<u8>, logical_timestamp_ms: i64, max_delay_ms: Option<i64>, points: &[DataPoint]) {
+    out.reserve(20 + points.len() * POINT_LEN);
+    out.extend_from_slice(&logical_timestamp_ms.to_be_bytes());
+    if let Some(max_delay) = max_delay_ms {
+        out.extend_from_slice(&max_delay.to_be_bytes());
+    }
+    out.extend_from_slice(&(points.len() as u32).to_be_bytes());
+    for p in points {
+        out.push(p.value.type_code());
+        out.extend_from_slice(&p.tsid.0.to_be_bytes());
+        out.extend_from_slice(&p.value.to_wire());
     }
 }
 

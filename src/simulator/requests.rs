@@ -22,10 +22,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
-/// Data bodies shorter than this go uncompressed even under `compress: true`, as the service
-/// mixes flags 0x00 and 0x01 in one stream.
-const MIN_COMPRESS_LEN: usize = 256;
-
 /// A request that ends the connection: close with this code and reason.
 #[derive(Debug)]
 pub struct Refusal {
@@ -168,7 +164,7 @@ impl RequestHandler {
         EncodeOptions {
             compress: compress.unwrap_or(false),
             json_as_text: self.state.config.json_as_text,
-            min_compress_len: MIN_COMPRESS_LEN,
+            min_compress_len: crate::protocol::binary::MIN_COMPRESS_LEN,
         }
     }
 

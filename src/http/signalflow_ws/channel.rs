@@ -15,8 +15,9 @@ use crate::hub::{ComputationSpec, Entry, Phase, RawSpec, SubscribeOutcome, Tenan
 use crate::protocol::WsFrame;
 use crate::protocol::requests::ExecuteRequest;
 use crate::upstream::Terminal;
+use parking_lot::Mutex;
 use serde_json::{Value, json};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -42,12 +43,12 @@ pub struct ChannelHandle {
 impl ChannelHandle {
     pub fn end(&self, ending: Ending) {
         // Short critical section, no await.
-        *self.ending.lock().unwrap_or_else(|p| p.into_inner()) = Some(ending);
+        *self.ending.lock() = Some(ending);
         self.cancel.cancel();
     }
 
     pub fn has_handle(&self, handle: &str) -> bool {
-        self.handles.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|h| h == handle)
+        self.handles.lock().iter().any(|h| h == handle)
     }
 }
 
@@ -67,6 +68,8 @@ pub struct ChannelTask {
     pub cancel: CancellationToken,
     pub ending: Arc<Mutex<Option<Ending>>>,
     pub handles: Arc<Mutex<Vec<String>>>,
+    /// How many of the framer's handles `handles` holds.
+    pub handles_synced: usize,
     /// Told the channel's name when it ends, so the socket forgets it.
     pub done: mpsc::UnboundedSender<(String, u64)>,
     pub channel: String,
@@ -154,16 +157,18 @@ impl ChannelTask {
         }
     }
 
-    fn sync_handles(&self) {
-        let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-        if handles.len() != self.framer.handles.len() {
-            handles.clone_from(&self.framer.handles);
+    /// Publishes the framer's handles for `stop`, locking only when a job start added one
+    /// (handles only ever grow), not on every event.
+    fn sync_handles(&mut self) {
+        if self.framer.handles.len() != self.handles_synced {
+            self.handles.lock().clone_from(&self.framer.handles);
+            self.handles_synced = self.framer.handles.len();
         }
     }
 
     /// Ended by the client: a stop gets its `CHANNEL_ABORT`, a detach nothing.
     async fn cancelled(&mut self) {
-        let ending = self.ending.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let ending = self.ending.lock().clone();
         if let Some(Ending::Stopped(reason)) = ending {
             let frame = self.framer.abort("STOPPED", &reason, now_ms());
             self.send(vec![frame]).await;

@@ -7,7 +7,7 @@
 //! client; each client prepends only its 20-byte header.
 //!
 //! Under `compress: true` JSON messages travel as gzip JSON-in-binary frames (flags `0x03`) and
-//! data bodies are gzip-compressed from [`MIN_COMPRESS_LEN`] bytes on, as the service does;
+//! data bodies are gzip-compressed from [`crate::protocol::binary::MIN_COMPRESS_LEN`] bytes on, as the service does;
 //! without it JSON messages are text frames and data is uncompressed binary, which every client
 //! reads (Go cannot read JSON-in-binary and never asks for `compress`).
 
@@ -17,12 +17,8 @@ use crate::protocol::binary::{
     self, ChannelName, Compression, FLAG_COMPRESSED, FrameHeader, HeaderVersion, MessageKind,
 };
 use crate::protocol::info::InfoMessage;
-use crate::upstream::UpstreamEvent;
+use crate::upstream::{Terminal, UpstreamEvent};
 use serde_json::{Value, json};
-
-/// Data bodies shorter than this go uncompressed even under `compress: true` (the service mixes
-/// flags 0x00 and 0x01 in one stream).
-pub const MIN_COMPRESS_LEN: usize = 256;
 
 /// What one event means for the channel.
 #[derive(Debug)]
@@ -111,11 +107,9 @@ impl Framer {
 
     /// `CHANNEL_ABORT` with this state and reason.
     pub fn abort(&self, state: &str, reason: &str, now_ms: i64) -> WsFrame {
-        let body = json!({
-            "event": "CHANNEL_ABORT", "timestampMs": now_ms,
-            "abortInfo": { "sf_job_abortState": state, "sf_job_abortReason": reason },
-        });
-        self.frame("control-message", body.to_string().as_bytes())
+        let terminal = Terminal::Aborted { state: state.into(), reason: reason.into() };
+        let (name, body) = crate::hub::render::terminal_json(&terminal, now_ms);
+        self.frame(name, body.to_string().as_bytes())
     }
 
     /// What `event` means here. `current` is the job's state when the stream did not start at
@@ -191,10 +185,12 @@ impl Framer {
 
     fn data(&mut self, event: &GatewayEvent, frames: &mut Vec<WsFrame>) {
         self.data_seen = true;
-        let plain = event.ws_data_bodies(false);
+        let plain = event.ws_data_bodies();
+        let gzipped = if self.compress { event.ws_gzip_data_bodies() } else { &[] };
         for (i, body) in plain.iter().enumerate() {
-            let gzip = self.compress && body.len() >= MIN_COMPRESS_LEN;
-            let body = if gzip { &event.ws_data_bodies(true)[i] } else { body };
+            let compressed = gzipped.get(i).and_then(Option::as_ref);
+            let gzip = compressed.is_some();
+            let body = compressed.unwrap_or(body);
             let flags = if gzip { FLAG_COMPRESSED } else { 0 };
             let header = FrameHeader {
                 version: HeaderVersion::V1,

@@ -33,16 +33,16 @@ use crate::protocol::messages::{Authenticated, ServerMessage};
 use crate::protocol::{ChannelName, Request, WsFrame};
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use secrecy::ExposeSecret;
+use parking_lot::Mutex;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -71,14 +71,13 @@ async fn upgrade(
     ws: WebSocketUpgrade,
     State(state): State<AppState>,
     headers: HeaderMap,
-    Query(query): Query<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let keys = &state.settings.auth.api_keys;
     if state.settings.tenancy.pass_through && !keys.is_empty() {
         // The authenticate token is the SignalFx token, so the API key rides on the upgrade.
-        let presented = super::access::presented_key(&headers, None).or_else(|| query.get("access_token").cloned());
-        let valid = presented
-            .is_some_and(|k| keys.iter().any(|key| super::access::same(key.expose_secret().as_bytes(), k.as_bytes())));
+        let presented = super::access::presented_key(&headers, query.as_deref());
+        let valid = presented.is_some_and(|k| super::access::is_valid_key(keys, &k));
         if !valid {
             return super::error::ApiError::new(
                 axum::http::StatusCode::UNAUTHORIZED,
@@ -329,12 +328,7 @@ impl Session {
         } else if settings.tenancy.pass_through {
             Some(Tenant::for_token(token))
         } else if !settings.auth.api_keys.is_empty() {
-            let valid = settings
-                .auth
-                .api_keys
-                .iter()
-                .any(|k| super::access::same(k.expose_secret().as_bytes(), token.as_bytes()));
-            valid.then(Tenant::single)
+            super::access::is_valid_key(&settings.auth.api_keys, token).then(Tenant::single)
         } else {
             Some(Tenant::single())
         };
@@ -399,6 +393,7 @@ impl Session {
             cancel: cancel.clone(),
             ending: ending.clone(),
             handles: handles.clone(),
+            handles_synced: 0,
             done: self.done.clone(),
             channel: channel.to_owned(),
             serial,
