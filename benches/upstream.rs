@@ -174,11 +174,11 @@ async fn stream_job(
 /// One job through a fresh pool; returns the time from `execute` to `Ended`.
 async fn one_job(url: &str, compress: bool) -> Duration {
     let mut config = UpstreamConfig::new(url.to_owned(), SecretString::from("t"));
-    config.compress = compress;
-    config.proxy = Some("none".into());
-    config.max_connections = 1;
+    config.settings.compress = compress;
+    config.settings.proxy = Some("none".into());
+    config.settings.max_connections = 1;
     // Room for every event of the job, so a consumer that falls behind never overflows.
-    config.consumer_queue = FRAMES + 64;
+    config.settings.consumer_queue = FRAMES + 64;
     let pool = Pool::new(config, CancellationToken::new());
     while !pool.is_ready() {
         tokio::time::sleep(Duration::from_micros(100)).await;

@@ -4,7 +4,7 @@
 //! `SHUTTING_DOWN`, upstream jobs are stopped) within the drain timeout.
 
 use crate::config::{Settings, UpstreamTarget};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, HttpSettings};
 use crate::hub::{Hub, HubSettings, Pools};
 use crate::simulator::{self, Faults, SimulatorConfig, SimulatorHandle};
 use crate::upstream::{Pool, UpstreamConfig};
@@ -74,7 +74,7 @@ impl Application {
                 (url, token, None)
             }
         };
-        let config = upstream_config(&settings, url, token);
+        let config = UpstreamConfig { url, token, settings: settings.upstream.clone() };
         let pools = if settings.tenancy.pass_through {
             tracing::info!("pass-through tenancy: each client's X-SF-Token is used upstream");
             let t = &settings.tenancy;
@@ -82,11 +82,18 @@ impl Application {
         } else {
             Pools::single(Pool::new(config, cancel.child_token()))
         };
-        let hub = Hub::new(pools, HubSettings::from_settings(&settings), cancel.child_token());
+        let hub_settings =
+            HubSettings::new(settings.limits.clone(), settings.stream.clone(), settings.upstream.connect_timeout);
+        let hub = Hub::new(pools, hub_settings, cancel.child_token());
         warn_if_exposed(&settings);
         let settings = Arc::new(settings);
-        let http_metrics = Arc::new(crate::metrics::HttpMetrics::default());
-        let state = AppState { hub: hub.clone(), settings: settings.clone(), http_metrics };
+        let metrics = Arc::new(crate::metrics::Metrics::new(hub.clone()));
+        let http_settings = Arc::new(HttpSettings {
+            auth: settings.auth.clone(),
+            cors: settings.cors.clone(),
+            websocket: settings.websocket.clone(),
+        });
+        let state = AppState { hub: hub.clone(), settings: http_settings, metrics };
         let mut router = http::router(state);
         if let Some(sim) = &simulator {
             router = router.merge(simulator::control::routes(sim.state.clone()));
@@ -105,6 +112,12 @@ impl Application {
 
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// The router, for calling the API in process (`tower::ServiceExt::oneshot`) without a
+    /// socket; the upstream and the simulator run as usual.
+    pub fn router(&self) -> axum::Router {
+        self.router.clone()
     }
 
     /// Serves until `shutdown` resolves, then drains within the drain timeout.
@@ -168,23 +181,6 @@ fn warn_if_exposed(settings: &Settings) {
              with the gateway's token; set auth.api_keys (SFGW_AUTH__API_KEYS)"
         );
     }
-}
-
-fn upstream_config(settings: &Settings, url: String, token: SecretString) -> UpstreamConfig {
-    let u = &settings.upstream;
-    let mut config = UpstreamConfig::new(url, token);
-    config.proxy = u.proxy.clone();
-    config.connect_timeout = u.connect_timeout;
-    config.read_timeout = u.read_timeout;
-    config.write_timeout = u.write_timeout;
-    config.stop_wait = u.stop_wait;
-    config.max_connections = u.max_connections;
-    config.max_channels_per_connection = u.max_channels_per_connection;
-    config.job_starts_per_second = u.job_starts_per_second;
-    config.job_start_burst = u.job_start_burst;
-    config.compress = u.compress;
-    config.max_message_bytes = u.max_message_bytes;
-    config
 }
 
 async fn start_simulator(settings: &Settings, cancel: CancellationToken) -> Result<SimulatorHandle, BuildError> {

@@ -1,10 +1,22 @@
 //! Settings: built-in defaults < file (`--config` or `SFGW_CONFIG`) < environment (`SFGW_`
 //! prefix, `__` between levels, e.g. `SFGW_UPSTREAM__TOKEN`) < command-line flags.
 //!
+//! One tree, composed of the parts' own settings structs: each part (the upstream, the hub, the
+//! HTTP layer, TLS, the simulator) owns its defaults and its checks; this module loads the
+//! tree and checks what spans parts.
+//!
 //! Durations are human-readable (`"10s"`, `"5m"`). [`Settings::validate`] reports every problem
 //! at once, each with the setting's name. The token is a [`SecretString`]: `Debug` and
 //! [`Settings::redacted`] never show it.
 
+pub use crate::http::access::{AuthSettings, CorsSettings};
+pub use crate::http::signalflow_ws::WebsocketSettings;
+pub use crate::hub::{Limits, StreamSettings, TenancySettings};
+pub use crate::simulator::SimulatorSettings;
+pub use crate::tls::TlsSettings;
+pub use crate::upstream::UpstreamSettings;
+
+use crate::settings::Problems;
 use crate::telemetry::LogFormat;
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -31,180 +43,6 @@ pub struct Settings {
     pub drain_timeout: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct UpstreamSettings {
-    /// Full websocket URL of a SignalFlow service (or a `simulate` instance).
-    pub url: Option<String>,
-    /// Splunk Observability realm (`us0`, `us1`, `eu0`, …); builds the URL.
-    pub realm: Option<String>,
-    #[serde(deserialize_with = "lenient_secret", serialize_with = "redacted_secret")]
-    pub token: Option<SecretString>,
-    /// HTTP CONNECT proxy; unset reads `HTTPS_PROXY`; `"none"` disables.
-    #[serde(serialize_with = "redacted_proxy")]
-    pub proxy: Option<String>,
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    pub read_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    pub write_timeout: Duration,
-    /// How long a stop waits for the service's confirmation before the gateway ends the
-    /// computation itself (the client's `DELETE` never waits for it).
-    #[serde(with = "humantime_serde")]
-    pub stop_wait: Duration,
-    pub max_connections: usize,
-    pub max_channels_per_connection: usize,
-    pub job_starts_per_second: f64,
-    pub job_start_burst: u32,
-    /// Ask the service for gzip-compressed frames.
-    pub compress: bool,
-    pub max_message_bytes: usize,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limits {
-    pub max_body_bytes: usize,
-    pub max_program_bytes: usize,
-    pub max_computations: usize,
-    pub max_subscribers_per_computation: usize,
-    pub max_subscribers_total: usize,
-    /// Events queued per subscriber before it is disconnected as too slow.
-    pub subscriber_queue: usize,
-    /// Replay ring per computation: most events, bytes, and age kept.
-    pub replay_events: usize,
-    pub replay_bytes: usize,
-    #[serde(with = "humantime_serde")]
-    pub replay_age: Duration,
-    /// Most series whose metadata one computation caches.
-    pub max_series_per_computation: usize,
-    /// Whole results (`?wait=true`): most points and series; 413 beyond.
-    pub max_result_points: usize,
-    pub max_result_series: usize,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StreamSettings {
-    /// SSE comment heartbeat interval.
-    #[serde(with = "humantime_serde")]
-    pub heartbeat: Duration,
-    /// How long a computation outlives its last subscriber.
-    #[serde(with = "humantime_serde")]
-    pub linger: Duration,
-    /// How long a computation created without a stream waits for its first subscriber.
-    #[serde(with = "humantime_serde")]
-    pub idle_timeout: Duration,
-    /// How long an ended computation stays readable (state, replay of its last events).
-    #[serde(with = "humantime_serde")]
-    pub ended_retention: Duration,
-    /// How long `POST /computations` waits for the job to start (to report program errors).
-    #[serde(with = "humantime_serde")]
-    pub start_wait: Duration,
-    /// Longest a whole-result request (`?wait=true`) may take; a `stop` further ahead is 422.
-    #[serde(with = "humantime_serde")]
-    pub max_wait: Duration,
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SimulatorSettings {
-    /// Inventory TOML for the built-in simulator.
-    pub inventory: Option<String>,
-    #[serde(with = "humantime_serde")]
-    pub keepalive_interval: Duration,
-}
-
-/// Client access to the gateway's API.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthSettings {
-    /// Accepted API keys (`Authorization: Bearer`, or `access_token` for EventSource). Empty:
-    /// no key needed. From the environment: `SFGW_AUTH__API_KEYS=key1,key2`.
-    #[serde(deserialize_with = "lenient_secrets", serialize_with = "redacted_secrets")]
-    pub api_keys: Vec<SecretString>,
-}
-
-/// Browsers on other origins.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CorsSettings {
-    /// Origins allowed to call the API (`https://app.example.com`); `*` for any (only without
-    /// API keys). Empty: none. From the environment: comma-separated.
-    pub allowed_origins: Vec<String>,
-}
-
-/// Whose SignalFx token is used upstream.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TenancySettings {
-    /// Use each client's `X-SF-Token` upstream, with a separate pool per token; a computation is
-    /// visible only to requests with the same token.
-    pub pass_through: bool,
-    /// Most tokens with a pool at once (429 beyond).
-    pub max_pools: usize,
-    /// A token's pool with no computations for this long is closed.
-    #[serde(with = "humantime_serde")]
-    pub pool_idle_timeout: Duration,
-}
-
-/// The SignalFlow websocket protocol served to clients (`/v2/signalflow/connect`).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WebsocketSettings {
-    /// `KEEP_ALIVE` to every client this often (clients give up after 60 s of silence).
-    #[serde(with = "humantime_serde")]
-    pub keepalive_interval: Duration,
-    /// Time for a client to `authenticate` after connecting (close 4401 after it).
-    #[serde(with = "humantime_serde")]
-    pub auth_timeout: Duration,
-    /// Most open channels per socket (the service allows 300).
-    pub max_channels_per_socket: usize,
-    /// Largest request frame a client may send (close 1009 beyond).
-    pub max_message_bytes: usize,
-    /// Frames queued per socket before its client is disconnected as too slow.
-    pub outbound_queue: usize,
-    /// Longest one frame write may take before the client is presumed gone.
-    #[serde(with = "humantime_serde")]
-    pub write_timeout: Duration,
-}
-
-impl Default for WebsocketSettings {
-    fn default() -> Self {
-        WebsocketSettings {
-            keepalive_interval: Duration::from_secs(30),
-            auth_timeout: Duration::from_secs(5),
-            max_channels_per_socket: 300,
-            max_message_bytes: 1024 * 1024,
-            outbound_queue: 1024,
-            write_timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// HTTPS and WSS on the listener (HTTP/2 offered by ALPN). Both files or neither.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TlsSettings {
-    /// PEM certificate chain, server certificate first.
-    pub cert_file: Option<String>,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
-    pub key_file: Option<String>,
-}
-
-impl TlsSettings {
-    pub fn enabled(&self) -> bool {
-        self.cert_file.is_some() && self.key_file.is_some()
-    }
-}
-
-impl Default for TenancySettings {
-    fn default() -> Self {
-        TenancySettings { pass_through: false, max_pools: 100, pool_idle_timeout: Duration::from_secs(300) }
-    }
-}
-
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -221,65 +59,6 @@ impl Default for Settings {
             tls: TlsSettings::default(),
             drain_timeout: Duration::from_secs(10),
         }
-    }
-}
-
-impl Default for UpstreamSettings {
-    fn default() -> Self {
-        UpstreamSettings {
-            url: None,
-            realm: None,
-            token: None,
-            proxy: None,
-            connect_timeout: Duration::from_secs(10),
-            read_timeout: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(5),
-            stop_wait: Duration::from_secs(5),
-            max_connections: 8,
-            max_channels_per_connection: 250,
-            job_starts_per_second: 10.0,
-            job_start_burst: 50,
-            compress: true,
-            max_message_bytes: 64 * 1024 * 1024,
-        }
-    }
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_body_bytes: 64 * 1024,
-            max_program_bytes: 32 * 1024,
-            max_computations: 1000,
-            max_subscribers_per_computation: 20_000,
-            max_subscribers_total: 20_000,
-            subscriber_queue: 1024,
-            replay_events: 10_000,
-            replay_bytes: 16 * 1024 * 1024,
-            replay_age: Duration::from_secs(600),
-            max_series_per_computation: 100_000,
-            max_result_points: 2_000_000,
-            max_result_series: 50_000,
-        }
-    }
-}
-
-impl Default for StreamSettings {
-    fn default() -> Self {
-        StreamSettings {
-            heartbeat: Duration::from_secs(15),
-            linger: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(300),
-            ended_retention: Duration::from_secs(60),
-            start_wait: Duration::from_secs(10),
-            max_wait: Duration::from_secs(300),
-        }
-    }
-}
-
-impl Default for SimulatorSettings {
-    fn default() -> Self {
-        SimulatorSettings { inventory: None, keepalive_interval: Duration::from_secs(30) }
     }
 }
 
@@ -365,97 +144,24 @@ impl Settings {
 
     /// Every problem, each naming its setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        use secrecy::ExposeSecret;
-        let mut problems = Vec::new();
-        let mut check = |ok: bool, problem: &str| {
-            if !ok {
-                problems.push(problem.to_owned());
-            }
-        };
-        check(self.listen.parse::<std::net::SocketAddr>().is_ok(), "listen: must be an address like 127.0.0.1:8080");
-        let u = &self.upstream;
-        check(!(u.url.is_some() && u.realm.is_some()), "upstream.url and upstream.realm: set one, not both");
-        check(
-            u.realm.as_deref().is_none_or(|r| !r.is_empty() && r.chars().all(|c| c.is_ascii_alphanumeric())),
-            "upstream.realm: letters and digits only (e.g. us1)",
+        let mut problems = Problems::default();
+        problems.check(
+            self.listen.parse::<std::net::SocketAddr>().is_ok(),
+            "listen: must be an address like 127.0.0.1:8080",
         );
-        check(
-            u.realm.is_none() || u.token.as_ref().is_some_and(|t| !t.expose_secret().is_empty()),
-            "upstream.token: required with upstream.realm",
+        self.upstream.check(&mut problems);
+        self.limits.check(&mut problems);
+        self.stream.check(&mut problems);
+        self.auth.check(&mut problems);
+        self.cors.check(&mut problems);
+        self.tenancy.check(&mut problems);
+        self.websocket.check(&mut problems);
+        self.tls.check(&mut problems);
+        problems.check(
+            !self.cors.allows_any() || self.auth.api_keys.is_empty(),
+            "cors.allowed_origins: `*` is only allowed without auth.api_keys",
         );
-        if let Some(url) = &u.url
-            && let Err(e) = crate::upstream::dial::normalize_url(url)
-        {
-            problems.push(format!("upstream.url: {e}"));
-        }
-        let mut positive = |value: usize, name: &str| {
-            if value == 0 {
-                problems.push(format!("{name}: must be greater than 0"));
-            }
-        };
-        positive(u.max_connections, "upstream.max_connections");
-        positive(u.max_channels_per_connection, "upstream.max_channels_per_connection");
-        positive(u.max_message_bytes, "upstream.max_message_bytes");
-        let l = &self.limits;
-        positive(l.max_body_bytes, "limits.max_body_bytes");
-        positive(l.max_program_bytes, "limits.max_program_bytes");
-        positive(l.max_computations, "limits.max_computations");
-        positive(l.max_subscribers_per_computation, "limits.max_subscribers_per_computation");
-        positive(l.max_subscribers_total, "limits.max_subscribers_total");
-        positive(l.subscriber_queue.saturating_sub(1), "limits.subscriber_queue (at least 2)");
-        positive(l.replay_events, "limits.replay_events");
-        positive(l.replay_bytes, "limits.replay_bytes");
-        positive(l.max_series_per_computation, "limits.max_series_per_computation");
-        positive(l.max_result_points, "limits.max_result_points");
-        positive(l.max_result_series, "limits.max_result_series");
-        if self.cors.allowed_origins.iter().any(|o| o == "*") && !self.auth.api_keys.is_empty() {
-            problems.push("cors.allowed_origins: `*` is only allowed without auth.api_keys".into());
-        }
-        if self.auth.api_keys.iter().any(|k| k.expose_secret().trim().len() < 16) {
-            problems.push("auth.api_keys: every key needs at least 16 characters".into());
-        }
-        if self.tenancy.pass_through && self.tenancy.max_pools == 0 {
-            problems.push("tenancy.max_pools: must be greater than 0".into());
-        }
-        let w = &self.websocket;
-        for (value, name) in [
-            (w.max_channels_per_socket, "websocket.max_channels_per_socket"),
-            (w.max_message_bytes, "websocket.max_message_bytes"),
-            (w.outbound_queue.saturating_sub(1), "websocket.outbound_queue (at least 2)"),
-        ] {
-            if value == 0 {
-                problems.push(format!("{name}: must be greater than 0"));
-            }
-        }
-        for (value, name) in [
-            (w.keepalive_interval, "websocket.keepalive_interval"),
-            (w.auth_timeout, "websocket.auth_timeout"),
-            (w.write_timeout, "websocket.write_timeout"),
-        ] {
-            if value.is_zero() {
-                problems.push(format!("{name}: must be longer than 0s"));
-            }
-        }
-        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
-            problems.push("tls.cert_file and tls.key_file: set both, or neither".into());
-        }
-        if u.max_channels_per_connection > 300 {
-            problems.push("upstream.max_channels_per_connection: the service allows at most 300".into());
-        }
-        if u.job_starts_per_second.is_nan() || u.job_starts_per_second <= 0.0 {
-            problems.push("upstream.job_starts_per_second: must be greater than 0".into());
-        }
-        for (value, name) in [
-            (self.stream.heartbeat, "stream.heartbeat"),
-            (u.connect_timeout, "upstream.connect_timeout"),
-            (u.read_timeout, "upstream.read_timeout"),
-            (u.write_timeout, "upstream.write_timeout"),
-            (u.stop_wait, "upstream.stop_wait"),
-        ] {
-            if value.is_zero() {
-                problems.push(format!("{name}: must be longer than 0s"));
-            }
-        }
+        let problems = problems.into_vec();
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
 
@@ -476,52 +182,6 @@ impl Settings {
     pub fn redacted(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or_default()
     }
-}
-
-const REDACTED: &str = "[redacted]";
-
-fn redacted_secret<S: serde::Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
-    secret.as_ref().map(|_| REDACTED).serialize(s)
-}
-
-fn redacted_secrets<S: serde::Serializer>(secrets: &[SecretString], s: S) -> Result<S::Ok, S::Error> {
-    vec![REDACTED; secrets.len()].serialize(s)
-}
-
-fn redacted_proxy<S: serde::Serializer>(proxy: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    proxy.as_deref().map(crate::upstream::dial::redact).serialize(s)
-}
-
-/// Keys from a file (a list) or the environment (one string, split on commas by the loader).
-fn lenient_secrets<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SecretString>, D::Error> {
-    let value = Option::<serde_json::Value>::deserialize(d)?;
-    let text = |v: serde_json::Value| match v {
-        serde_json::Value::String(s) => s,
-        other => other.to_string(),
-    };
-    Ok(match value {
-        None | Some(serde_json::Value::Null) => Vec::new(),
-        Some(serde_json::Value::Array(items)) => {
-            items.into_iter().map(text).filter(|s| !s.is_empty()).map(SecretString::from).collect()
-        }
-        Some(one) => text(one)
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| SecretString::from(s.to_owned()))
-            .collect(),
-    })
-}
-
-/// A token from a file or the environment: a string, or digits the environment layer parsed as
-/// a number.
-fn lenient_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
-    let value = Option::<serde_json::Value>::deserialize(d)?;
-    Ok(match value {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(s)) => Some(SecretString::from(s)),
-        Some(other) => Some(SecretString::from(other.to_string())),
-    })
 }
 
 #[cfg(test)]
@@ -605,6 +265,31 @@ mod tests {
         ] {
             assert!(paths.iter().any(|p| p == name), "{name} missing from the dump: {paths:?}");
         }
+    }
+
+    /// Whether a row of the README's settings table names `path` (`upstream.read_timeout`):
+    /// in full, or by its last part in a row that names another setting of its section.
+    fn documented(rows: &[&str], path: &str) -> bool {
+        let full = format!("`{path}`");
+        match path.rsplit_once('.') {
+            None => rows.iter().any(|r| r.contains(&full)),
+            Some((section, key)) => rows
+                .iter()
+                .any(|r| r.contains(&full) || (r.contains(&format!("`{section}.")) && r.contains(&format!("`{key}`")))),
+        }
+    }
+
+    #[test]
+    fn every_setting_is_in_the_readme_table() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let table = readme.split("## Configuration").nth(1).expect("a Configuration section");
+        let rows: Vec<&str> =
+            table.lines().skip_while(|l| !l.starts_with('|')).take_while(|l| l.starts_with('|')).collect();
+        assert!(rows.len() > 10, "the settings table: {rows:?}");
+        let mut paths = Vec::new();
+        leaves(&Settings::default().redacted(), "", &mut paths);
+        let missing: Vec<&String> = paths.iter().filter(|p| !documented(&rows, p)).collect();
+        assert!(missing.is_empty(), "settings missing from README.md's table: {missing:?}");
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! ## Layout
 //!
 //! - [`app`]: assembling and running the gateway (bind, simulator or upstream, hub, router,
-//!   graceful shutdown); [`config`]: layered settings; [`telemetry`]: logging;
-//!   [`metrics`]: the Prometheus exposition; [`clock`]: wall-clock milliseconds.
+//!   graceful shutdown); [`config`]: the one settings tree, composed of each part's own
+//!   settings struct, and its loading; [`settings`]: what those structs are made of (redacted
+//!   secrets, named validation problems); [`telemetry`]: logging; [`metrics`]: the Prometheus
+//!   exposition (`prometheus-client`); [`clock`]: wall-clock milliseconds.
 //! - [`http`]: the HTTP API (axum) — routes, streams, problem bodies, and the browser console
 //!   (its static files in `web/`, embedded at build time), and the SignalFlow websocket protocol
 //!   served to clients; it knows nothing of the upstream sockets.
@@ -32,6 +34,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod protocol;
+pub mod settings;
 pub mod simulator;
 pub mod telemetry;
 pub mod tls;

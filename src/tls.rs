@@ -12,6 +12,7 @@
 //! [`self_signed`] makes a throwaway CA and a server certificate for `localhost` and
 //! `127.0.0.1` (`simulate --tls-self-signed DIR`, and the tests).
 
+use crate::settings::Problems;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
@@ -22,6 +23,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,6 +32,29 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+/// HTTPS and WSS on the listener (HTTP/2 offered by ALPN). Both files or neither.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, server certificate first.
+    pub cert_file: Option<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<String>,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() && self.key_file.is_some()
+    }
+
+    pub fn check(&self, problems: &mut Problems) {
+        problems.check(
+            self.cert_file.is_some() == self.key_file.is_some(),
+            "tls.cert_file and tls.key_file: set both, or neither",
+        );
+    }
+}
 
 /// Longest a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -5,22 +5,74 @@
 //!   prefer short-lived keys there). Compared in constant time. Missing ⇒ 401, wrong ⇒ 403.
 //!   `/healthz`, `/readyz` and `/openapi.yaml` stay open for probes, and the console's static
 //!   files (`/`, `/console/…`) for browsers: they hold no data, and the page asks for the key.
-//! - CORS: an allow-list of origins; `*` only without keys (checked by config validation).
-//! - Request ids: an incoming `X-Request-Id` (if it is short and printable) or a new one, echoed
-//!   on the response and recorded in the request's log line. The query string is never logged
-//!   (it may carry an access token).
+//! - CORS (`tower-http`): an allow-list of origins; `*` only without keys (checked by config
+//!   validation).
+//! - Request ids (`tower-http`): an incoming `X-Request-Id` (if it is short and printable) or a
+//!   new one, echoed on the response and recorded in the request's log span. The query string
+//!   is never logged (it may carry an access token).
 
 use super::AppState;
 use super::error::ApiError;
 use crate::hub::Tenant;
+use crate::settings::{Problems, lenient_secrets, redacted_secrets};
 use axum::extract::FromRequestParts;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use secrecy::{ExposeSecret, SecretString};
-use std::time::Instant;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+/// Client access to the gateway's API.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Accepted API keys (`Authorization: Bearer`, or `access_token` for EventSource). Empty:
+    /// no key needed. From the environment: `SFGW_AUTH__API_KEYS=key1,key2`.
+    #[serde(deserialize_with = "lenient_secrets", serialize_with = "redacted_secrets")]
+    pub api_keys: Vec<SecretString>,
+}
+
+/// Browsers on other origins.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsSettings {
+    /// Origins allowed to call the API (`https://app.example.com`); `*` for any (only without
+    /// API keys). Empty: none. From the environment: comma-separated.
+    pub allowed_origins: Vec<String>,
+}
+
+impl AuthSettings {
+    pub fn check(&self, problems: &mut Problems) {
+        problems.check(
+            self.api_keys.iter().all(|k| k.expose_secret().trim().len() >= 16),
+            "auth.api_keys: every key needs at least 16 characters",
+        );
+    }
+}
+
+impl CorsSettings {
+    /// `*` needs no API keys (checked with `auth` by the settings tree).
+    pub fn allows_any(&self) -> bool {
+        self.allowed_origins.iter().any(|o| o == "*")
+    }
+
+    pub fn check(&self, problems: &mut Problems) {
+        for origin in &self.allowed_origins {
+            problems.check(
+                HeaderValue::from_str(origin).is_ok(),
+                format!("cors.allowed_origins: {origin:?} is not a valid origin"),
+            );
+        }
+    }
+}
 
 /// Routes that never need a key (probes, the contract).
 const OPEN_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/openapi.yaml"];
@@ -75,82 +127,111 @@ pub async fn require_key(State(state): State<AppState>, request: Request, next: 
     }
 }
 
-/// Header names a browser may send cross-origin.
-const ALLOWED_HEADERS: &str = "authorization, content-type, last-event-id, x-sf-token, x-request-id";
-const ALLOWED_METHODS: &str = "GET, POST, DELETE, OPTIONS";
-
-/// CORS for the configured origins: answers preflights and tags allowed responses.
-pub async fn cors(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let origins = &state.settings.cors.allowed_origins;
-    let origin = request.headers().get(header::ORIGIN).cloned();
-    let allowed =
-        origin.as_ref().and_then(|o| o.to_str().ok()).is_some_and(|o| origins.iter().any(|a| a == "*" || a == o));
-    let allow_value = if origins.iter().any(|a| a == "*") {
-        HeaderValue::from_static("*")
+/// CORS for the configured origins (`tower-http`): answers preflights and tags the responses
+/// to allowed origins; other origins get no CORS headers, so browsers refuse them.
+pub fn cors(settings: &CorsSettings) -> CorsLayer {
+    let origins = &settings.allowed_origins;
+    let allow_origin = if settings.allows_any() {
+        AllowOrigin::any()
     } else {
-        origin.clone().unwrap_or(HeaderValue::from_static("null"))
+        // Checked at startup (`CorsSettings::check`): every origin is a valid header value.
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
     };
-    let preflight =
-        request.method() == Method::OPTIONS && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    if preflight {
-        if !allowed {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "cors-refused",
-                "Origin not allowed",
-                "this origin may not call the API",
-            )
-            .into_response();
-        }
-        let mut response = StatusCode::NO_CONTENT.into_response();
-        let h = response.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_value);
-        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(ALLOWED_METHODS));
-        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(ALLOWED_HEADERS));
-        h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
-        h.insert(header::VARY, HeaderValue::from_static("origin"));
-        return response;
-    }
-    let mut response = next.run(request).await;
-    if allowed {
-        let h = response.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_value);
-        h.insert(header::VARY, HeaderValue::from_static("origin"));
-    }
-    response
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("x-sf-token"),
+            REQUEST_ID.clone(),
+        ])
+        .max_age(Duration::from_secs(600))
 }
 
-/// A request id: the client's if it is sane, else a new one.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
-    headers
-        .get("x-request-id")
-        .filter(|v| v.len() <= 64 && v.to_str().is_ok_and(|s| s.chars().all(|c| c.is_ascii_graphic())))
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..))).unwrap_or(HeaderValue::from_static("-"))
-        })
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// New request ids: 16 random hex digits.
+#[derive(Debug, Clone, Copy)]
+struct RandomRequestId;
+
+impl MakeRequestId for RandomRequestId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..))).ok().map(RequestId::new)
+    }
 }
 
-/// Request ids, one log line per request (method, route template, path without query, status,
-/// duration), and the per-route request counter.
-pub async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let id = request_id(request.headers());
+/// A client's `X-Request-Id` is kept only if it is short and printable; otherwise it is
+/// dropped here and replaced by a new one.
+async fn drop_unusable_request_id(mut request: Request) -> Request {
+    let usable = |v: &HeaderValue| v.len() <= 64 && v.to_str().is_ok_and(|s| s.chars().all(|c| c.is_ascii_graphic()));
+    if request.headers().get(&REQUEST_ID).is_some_and(|v| !usable(v)) {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    request
+}
+
+/// Request ids (`tower-http`): the client's `X-Request-Id` if it is sane, or a new one, echoed
+/// on the response. Applied outermost, so the request log and every handler see it.
+pub fn request_ids<S>(router: axum::Router<S>) -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    router
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), RandomRequestId))
+        .layer(axum::middleware::map_request(drop_unusable_request_id))
+}
+
+/// One log line per request (`tower-http`'s trace layer): a `request` span with the request id,
+/// method, route template and path (never the query: it may carry an access token), and an
+/// event with the status and the time to the response head.
+pub fn request_log() -> RequestLog {
+    TraceLayer::new_for_http()
+        .make_span_with(request_span as fn(&Request) -> Span)
+        .on_request(())
+        .on_response(log_response as fn(&Response, Duration, &Span))
+        .on_body_chunk(())
+        .on_eos(())
+        .on_failure(())
+}
+
+/// The trace layer as [`request_log`] configures it: a span per request, one event per
+/// response, nothing on body chunks, end of stream or failures.
+pub type RequestLog = TraceLayer<
+    SharedClassifier<ServerErrorsAsFailures>,
+    fn(&Request) -> Span,
+    (),
+    fn(&Response, Duration, &Span),
+    (),
+    (),
+    (),
+>;
+
+fn request_span(request: &Request) -> Span {
+    let request_id = request.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str);
+    tracing::info_span!("request", request_id, method = %request.method(), route, path = request.uri().path())
+}
+
+fn log_response(response: &Response, latency: Duration, _: &Span) {
+    let status = response.status().as_u16();
+    let ms = latency.as_secs_f64() * 1000.0;
+    if status >= 500 {
+        tracing::warn!(status, ms, "request");
+    } else {
+        tracing::info!(status, ms, "request");
+    }
+}
+
+/// Counts every answer by method, route template and status (`sfgw_http_requests_total`).
+pub async fn count_requests(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
     let route =
         request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
-    let started = Instant::now();
-    let mut response = next.run(request).await;
-    let status = response.status().as_u16();
-    state.http_metrics.record(method.as_str(), &route, status);
-    let ms = started.elapsed().as_secs_f64() * 1000.0;
-    let request_id = id.to_str().unwrap_or("-");
-    if status >= 500 {
-        tracing::warn!(request_id, %method, route, path, status, ms, "request");
-    } else {
-        tracing::info!(request_id, %method, route, path, status, ms, "request");
-    }
-    response.headers_mut().insert("x-request-id", id);
+    let response = next.run(request).await;
+    state.metrics.record_request(method.as_str(), &route, response.status().as_u16());
     response
 }
 
@@ -160,7 +241,7 @@ impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        if !state.settings.tenancy.pass_through {
+        if !state.hub.pools().is_pass_through() {
             return Ok(Tenant::single());
         }
         let token =

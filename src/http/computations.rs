@@ -52,7 +52,7 @@ pub async fn create_entry(
     raw: RawSpec,
     share: bool,
 ) -> Result<(Arc<Entry>, bool), ApiError> {
-    let spec = ComputationSpec::from_raw(raw, state.settings.limits.max_program_bytes, crate::clock::now_ms())?;
+    let spec = ComputationSpec::from_raw(raw, state.hub.settings().limits.max_program_bytes, crate::clock::now_ms())?;
     let created = state.hub.create(spec, tenant, share).await?;
     // A joiner of a create still under way learns of its program error too.
     if let Phase::Ended(Terminal::Error(error)) = state.hub.wait_started(&created.entry).await {

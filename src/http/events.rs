@@ -159,7 +159,7 @@ pub async fn one_shot(
     // held (running, lingering, or ended and retained), rather than starting another.
     if let Some(seen) = last {
         let now = crate::clock::now_ms();
-        let spec = ComputationSpec::from_raw(raw.clone(), state.settings.limits.max_program_bytes, now)?;
+        let spec = ComputationSpec::from_raw(raw.clone(), state.hub.settings().limits.max_program_bytes, now)?;
         if let Some(entry) = state.hub.find_by_key(&spec.key(&tenant.id, now))
             && let Some(outcome) = entry.subscribe(Some(seen), format).await
         {

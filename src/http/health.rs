@@ -32,11 +32,5 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
-    let pools = state.hub.pools().all();
-    let mut stats: Vec<&crate::upstream::pool::PoolStats> = pools.iter().map(|p| p.stats()).collect();
-    // Closed pools' counts, so the totals never go backwards.
-    stats.push(state.hub.pools().retired_stats());
-    let ready = state.hub.pools().is_ready();
-    let body = crate::metrics::render(&state.hub, &state.http_metrics, &stats, ready);
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+    ([(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.render()).into_response()
 }

@@ -24,7 +24,6 @@ pub mod health;
 pub mod results;
 pub mod signalflow_ws;
 
-use crate::config::Settings;
 use crate::hub::Hub;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -36,8 +35,16 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Hub,
-    pub settings: Arc<Settings>,
-    pub http_metrics: Arc<crate::metrics::HttpMetrics>,
+    pub settings: Arc<HttpSettings>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// The HTTP layer's share of the settings (the hub's own are at `hub.settings()`).
+#[derive(Debug, Clone, Default)]
+pub struct HttpSettings {
+    pub auth: access::AuthSettings,
+    pub cors: access::CorsSettings,
+    pub websocket: signalflow_ws::WebsocketSettings,
 }
 
 /// The OpenAPI contract, compiled in.
@@ -97,8 +104,9 @@ pub fn route_table() -> Vec<(&'static str, &'static str)> {
 }
 
 pub fn router(state: AppState) -> Router {
-    let body_limit = state.settings.limits.max_body_bytes;
-    routes()
+    let body_limit = state.hub.settings().limits.max_body_bytes;
+    let cors = access::cors(&state.settings.cors);
+    let router = routes()
         .router
         .fallback(error::not_found)
         .layer(axum::middleware::map_response(error::ensure_problem))
@@ -110,9 +118,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), access::require_key))
         // Websocket clients authenticate in the protocol (`authenticate`), not with headers.
         .merge(signalflow_ws::router())
-        .layer(axum::middleware::from_fn_with_state(state.clone(), access::cors))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), access::observe))
-        .with_state(state)
+        .layer(cors)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), access::count_requests))
+        .layer(access::request_log());
+    access::request_ids(router).with_state(state)
 }
 
 #[cfg(test)]

@@ -22,8 +22,8 @@ pub async fn whole_result(
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let now = crate::clock::now_ms();
-    let spec = ComputationSpec::from_raw(raw.clone(), state.settings.limits.max_program_bytes, now)?;
-    let max_wait = state.settings.stream.max_wait;
+    let spec = ComputationSpec::from_raw(raw.clone(), state.hub.settings().limits.max_program_bytes, now)?;
+    let max_wait = state.hub.settings().stream.max_wait;
     let Some(stop) = spec.stop.map(|s| s.resolve(now)) else {
         return Err(unprocessable("wait=true needs a bounded query: give a stop"));
     };
@@ -34,10 +34,10 @@ pub async fn whole_result(
     // Never shared: a joiner might not see the start of a shared computation.
     let (entry, _) = create_entry(state, tenant, raw, false).await?;
     let limits = ResultLimits {
-        max_points: state.settings.limits.max_result_points,
-        max_series: state.settings.limits.max_result_series,
+        max_points: state.hub.settings().limits.max_result_points,
+        max_series: state.hub.settings().limits.max_result_series,
     };
-    let deadline = max_wait + state.settings.stream.start_wait;
+    let deadline = max_wait + state.hub.settings().stream.start_wait;
     let collected = match tokio::time::timeout(deadline, collect(&entry, limits)).await {
         Ok(result) => result,
         Err(_) => {

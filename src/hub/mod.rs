@@ -11,16 +11,17 @@
 pub mod computation;
 pub mod render;
 pub mod result;
+pub mod settings;
 pub mod spec;
 pub mod stream;
 pub mod tenant;
 
 pub use computation::{Entry, Phase, SubscribeOutcome};
+pub use settings::{HubSettings, Limits, StreamSettings, TenancySettings};
 pub use spec::{ComputationSpec, RawSpec, SpecError, SpecErrorKind, SpecKey, TimeSpec};
 pub use stream::Format;
 pub use tenant::{Pools, Tenant};
 
-use crate::config::{Limits, Settings, StreamSettings};
 use crate::upstream::{ConnectError, UpstreamError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -30,26 +31,6 @@ use std::time::Duration;
 use tenant::TooManyTenants;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// The hub's share of the settings: the configured limits and stream settings as they are,
-/// plus the readiness wait derived from the upstream settings.
-#[derive(Debug, Clone)]
-pub struct HubSettings {
-    pub limits: Limits,
-    pub stream: StreamSettings,
-    /// How long a create waits for an authenticated upstream socket before answering 503.
-    pub ready_wait: Duration,
-}
-
-impl HubSettings {
-    pub fn from_settings(s: &Settings) -> Self {
-        HubSettings {
-            limits: s.limits.clone(),
-            stream: s.stream.clone(),
-            ready_wait: s.upstream.connect_timeout.min(Duration::from_secs(5)),
-        }
-    }
-}
 
 /// Upper bounds (µs) of the pump latency histogram's buckets; the last bucket is unbounded.
 pub const LATENCY_BUCKETS_US: [u64; 8] = [50, 100, 250, 500, 1_000, 5_000, 25_000, 100_000];

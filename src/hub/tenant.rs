@@ -129,6 +129,11 @@ impl Pools {
         Ok(pool)
     }
 
+    /// Whether each client's token gets its own pool (`tenancy.pass_through`).
+    pub fn is_pass_through(&self) -> bool {
+        self.template.is_some()
+    }
+
     /// The counters of the pools closed so far (their sockets are gone; their counts stay).
     pub fn retired_stats(&self) -> &PoolStats {
         &self.retired
@@ -185,8 +190,8 @@ mod tests {
     async fn counters_never_go_backwards_when_an_idle_tenant_pool_is_closed() {
         // Nothing listens on port 1: each attempt counts a connect failure.
         let mut template = UpstreamConfig::new("ws://127.0.0.1:1/".into(), SecretString::from("unused"));
-        template.backoff_initial = Duration::from_millis(10);
-        template.backoff_max = Duration::from_millis(10);
+        template.settings.backoff_initial = Duration::from_millis(10);
+        template.settings.backoff_max = Duration::from_millis(10);
         let pools = Pools::pass_through(template, 4, Duration::ZERO, CancellationToken::new());
         let pool = pools.for_tenant(&Tenant::for_token("tenant-token")).unwrap();
         let failures = |p: &PoolStats| p.connect_failures.load(Ordering::Relaxed);

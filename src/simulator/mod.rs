@@ -23,12 +23,29 @@ pub mod state;
 pub use state::{Faults, InvalidRequestPolicy, SimState, SimulatorConfig};
 
 use axum::Router;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+/// `simulator.*`: the simulator a gateway runs when no upstream is configured.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulatorSettings {
+    /// Inventory TOML for the built-in simulator.
+    pub inventory: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+}
+
+impl Default for SimulatorSettings {
+    fn default() -> Self {
+        SimulatorSettings { inventory: None, keepalive_interval: Duration::from_secs(30) }
+    }
+}
 
 /// The simulator's routes (websocket and control API), for serving alone or mounted beside the
 /// gateway's.
@@ -82,15 +99,7 @@ pub fn spawn(
     faults: Faults,
     cancel: CancellationToken,
 ) -> SimulatorHandle {
-    let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
-    let state = SimState::new(config, faults);
-    let faults_task = spawn_fault_tasks(state.clone(), cancel.clone());
-    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let shutdown = cancel.clone();
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await
-    });
-    SimulatorHandle { addr, state, cancel, task, faults_task, secure: false }
+    serve(listener, config, faults, cancel, None)
 }
 
 /// Serves the simulator over TLS (`wss://`, `https://`; h2 and HTTP/1.1 by ALPN) on `listener`
@@ -102,17 +111,34 @@ pub fn spawn_tls(
     cancel: CancellationToken,
     tls: crate::tls::Tls,
 ) -> SimulatorHandle {
+    serve(listener, config, faults, cancel, Some(tls))
+}
+
+fn serve(
+    listener: TcpListener,
+    config: SimulatorConfig,
+    faults: Faults,
+    cancel: CancellationToken,
+    tls: Option<crate::tls::Tls>,
+) -> SimulatorHandle {
     let addr = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)));
     let state = SimState::new(config, faults);
     let faults_task = spawn_fault_tasks(state.clone(), cancel.clone());
-    crate::tls::reload_on_sighup(tls.clone(), cancel.clone());
-    let shutdown = cancel.clone();
     let app = router(state.clone());
-    let task = tokio::spawn(async move {
-        let stopped = async move { shutdown.cancelled().await };
-        crate::tls::serve(listener, tls, app, stopped, Duration::from_secs(1)).await
-    });
-    SimulatorHandle { addr, state, cancel, task, faults_task, secure: true }
+    let shutdown = cancel.clone();
+    let stopped = async move { shutdown.cancelled().await };
+    let secure = tls.is_some();
+    let task = match tls {
+        None => tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, app).with_graceful_shutdown(stopped).await
+        }),
+        Some(tls) => {
+            crate::tls::reload_on_sighup(tls.clone(), cancel.clone());
+            tokio::spawn(crate::tls::serve(listener, tls, app, stopped, Duration::from_secs(1)))
+        }
+    };
+    SimulatorHandle { addr, state, cancel, task, faults_task, secure }
 }
 
 /// Background fault injection that is not tied to a request: dropping every connection

@@ -6,6 +6,7 @@
 //! - [`merge`]: data messages of one timestamp merged into one batch, with no added latency.
 //! - [`computation`]: what a consumer holds — typed events, state, stop and detach.
 //! - [`dial`]: URL, proxy, TLS and the websocket handshake; [`limits`]: rate limit and backoff.
+//! - [`settings`]: `upstream.*`, with its defaults and checks.
 
 pub mod computation;
 pub(crate) mod connection;
@@ -14,6 +15,7 @@ pub mod limits;
 pub mod merge;
 pub mod pool;
 pub(crate) mod record;
+pub mod settings;
 
 pub use computation::{
     Batch, Computation, ComputationControl, ComputationError, ComputationState, EventReceiver, ExecuteSpec, Status,
@@ -21,3 +23,4 @@ pub use computation::{
 };
 pub use connection::ConnectError;
 pub use pool::{Pool, PoolStatus, UpstreamConfig, UpstreamError};
+pub use settings::UpstreamSettings;

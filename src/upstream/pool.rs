@@ -7,6 +7,7 @@ use super::computation::{Computation, ComputationShared, ExecuteSpec};
 use super::connection::{ConnectError, SlotCommand, SlotShared, SlotTask};
 use super::dial::DialOptions;
 use super::limits::RateLimiter;
+use super::settings::UpstreamSettings;
 use parking_lot::Mutex;
 use secrecy::SecretString;
 use std::sync::Arc;
@@ -16,63 +17,20 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Everything the upstream side is configured with.
+/// Everything the upstream side is configured with: where to connect (resolved from the
+/// settings' `url` or `realm`, or the built-in simulator), with which token, and the settings.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     /// Full websocket URL (see [`super::dial::normalize_url`], [`super::dial::url_for_realm`]).
     pub url: String,
     pub token: SecretString,
-    /// HTTP CONNECT proxy; `None` reads `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`; `"none"` disables.
-    pub proxy: Option<String>,
-    pub connect_timeout: Duration,
-    pub auth_timeout: Duration,
-    /// No frame for this long (data or `KEEP_ALIVE`) ⇒ the socket is presumed dead.
-    pub read_timeout: Duration,
-    pub write_timeout: Duration,
-    /// Largest websocket message, and largest decompressed body.
-    pub max_message_bytes: usize,
-    pub max_connections: usize,
-    pub max_channels_per_connection: usize,
-    /// A socket with no jobs for this long is closed (except the first).
-    pub idle_timeout: Duration,
-    pub backoff_initial: Duration,
-    pub backoff_max: Duration,
-    pub job_starts_per_second: f64,
-    pub job_start_burst: u32,
-    /// Refused starts (429, "Too many channels") before a computation fails.
-    pub max_start_refusals: u32,
-    /// How long a stop waits for the job's handle, and then for its abort.
-    pub stop_wait: Duration,
-    /// Ask for gzip-compressed frames.
-    pub compress: bool,
-    /// Events queued per computation before it is failed as too slow.
-    pub consumer_queue: usize,
+    pub settings: UpstreamSettings,
 }
 
 impl UpstreamConfig {
-    /// Defaults for everything but where to connect and the token.
+    /// The default settings, connecting to `url` with `token`.
     pub fn new(url: String, token: SecretString) -> Self {
-        UpstreamConfig {
-            url,
-            token,
-            proxy: None,
-            connect_timeout: Duration::from_secs(10),
-            auth_timeout: Duration::from_secs(10),
-            read_timeout: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(5),
-            max_message_bytes: 64 * 1024 * 1024,
-            max_connections: 8,
-            max_channels_per_connection: 250,
-            idle_timeout: Duration::from_secs(60),
-            backoff_initial: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(30),
-            job_starts_per_second: 10.0,
-            job_start_burst: 50,
-            max_start_refusals: 50,
-            stop_wait: Duration::from_secs(5),
-            compress: true,
-            consumer_queue: 4096,
-        }
+        UpstreamConfig { url, token, settings: UpstreamSettings::default() }
     }
 }
 
@@ -136,9 +94,9 @@ impl PoolContext {
     pub fn dial_options(&self) -> DialOptions {
         DialOptions {
             url: self.config.url.clone(),
-            connect_timeout: self.config.connect_timeout,
-            max_message_bytes: self.config.max_message_bytes,
-            proxy: self.config.proxy.clone(),
+            connect_timeout: self.config.settings.connect_timeout,
+            max_message_bytes: self.config.settings.max_message_bytes,
+            proxy: self.config.settings.proxy.clone(),
             user_agent: self.user_agent(),
         }
     }
@@ -192,7 +150,7 @@ pub struct Pool {
 impl Pool {
     /// Starts the pool (and its first socket) under `cancel`.
     pub fn new(config: UpstreamConfig, cancel: CancellationToken) -> Self {
-        let limiter = RateLimiter::new(config.job_starts_per_second, config.job_start_burst);
+        let limiter = RateLimiter::new(config.settings.job_starts_per_second, config.settings.job_start_burst);
         let ctx = Arc::new(PoolContext {
             config,
             limiter,
@@ -220,11 +178,11 @@ impl Pool {
 
     fn add_slot(&self, slots: &mut Vec<Arc<SlotShared>>) -> Arc<SlotShared> {
         // Commands per slot are bounded by its channels plus their stops and detaches.
-        let (tx, rx) = mpsc::channel(self.ctx.config.max_channels_per_connection * 3 + 16);
+        let (tx, rx) = mpsc::channel(self.ctx.config.settings.max_channels_per_connection * 3 + 16);
         let shared = Arc::new(SlotShared {
             id: slots.len(),
             load: AtomicUsize::new(0),
-            capacity: AtomicUsize::new(self.ctx.config.max_channels_per_connection),
+            capacity: AtomicUsize::new(self.ctx.config.settings.max_channels_per_connection),
             authenticated: AtomicBool::new(false),
             commands: tx,
         });
@@ -240,7 +198,7 @@ impl Pool {
         }
         let slot = self.assign()?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (shared, events) = ComputationShared::new(id, spec, self.ctx.config.consumer_queue);
+        let (shared, events) = ComputationShared::new(id, spec, self.ctx.config.settings.consumer_queue);
         if slot.commands.send(SlotCommand::Execute(shared.clone())).await.is_err() {
             slot.load.fetch_sub(1, Ordering::Relaxed);
             return Err(UpstreamError::Closed);
@@ -261,7 +219,7 @@ impl Pool {
             .cloned();
         let slot = match best {
             Some(slot) => slot,
-            None if slots.len() < self.ctx.config.max_connections.max(1) => self.add_slot(&mut slots),
+            None if slots.len() < self.ctx.config.settings.max_connections.max(1) => self.add_slot(&mut slots),
             None => return Err(UpstreamError::PoolFull(slots.iter().map(|s| s.load.load(Ordering::Relaxed)).sum())),
         };
         slot.load.fetch_add(1, Ordering::Relaxed);

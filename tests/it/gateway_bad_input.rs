@@ -1,6 +1,9 @@
 //! Hostile and out-of-range requests: each gets a 4xx problem body (or, on the SignalFlow
 //! compat API, its own JSON error shape) naming what is wrong, and the gateway stays healthy
 //! with the computations it was already running untouched.
+//!
+//! Plain request/answer behaviour, so the router is called in process (no HTTP socket); the
+//! upstream and the simulator behind it are real.
 
 use crate::support::*;
 use serde_json::{Value as Json, json};
@@ -172,22 +175,22 @@ async fn every_bad_request_gets_its_problem_body_and_the_server_stays_healthy() 
     let mut settings = test_settings();
     settings.limits.max_body_bytes = 2048;
     settings.limits.max_program_bytes = 512;
-    let gw = spawn_gateway(settings).await;
-    let created: Json = gw.post_json("/computations", json!({"program": PROGRAM})).await.json().await.unwrap();
+    let gw = in_process_gateway(settings).await;
+    let created = gw.post_json("/computations", json!({"program": PROGRAM})).await.json();
     let id = created["id"].as_str().unwrap().to_owned();
     let cases = cases(&id);
     assert!(cases.len() >= 60, "the table keeps at least 60 cases, has {}", cases.len());
     for case in cases {
-        let mut request = gw.http.request(case.method.parse().unwrap(), gw.url(&case.path)).body(case.body.clone());
+        let mut builder = request(case.method, &case.path);
         for (k, v) in &case.headers {
-            request = request.header(*k, *v);
+            builder = builder.header(*k, *v);
         }
-        let response = request.send().await.unwrap();
+        let answer = gw.call(builder.body(axum::body::Body::from(case.body.clone())).unwrap()).await;
         let what =
             format!("{} {} {:?} {}", case.method, case.path, case.headers, &case.body[..case.body.len().min(60)]);
-        assert_eq!(response.status().as_u16(), case.status, "{what}");
-        assert_eq!(response.headers()["content-type"], "application/problem+json", "{what}");
-        let problem: Json = response.json().await.unwrap();
+        assert_eq!(answer.status, case.status, "{what}");
+        assert_eq!(answer.header("content-type"), Some("application/problem+json"), "{what}");
+        let problem = answer.json();
         assert_eq!(problem["type"], format!("/problems/{}", case.slug), "{what}: {problem}");
         assert_eq!(problem["status"], case.status, "{what}");
         assert!(problem["title"].is_string() && problem["detail"].is_string(), "{what}: {problem}");
@@ -198,18 +201,17 @@ async fn every_bad_request_gets_its_problem_body_and_the_server_stays_healthy() 
             assert!(problem["line"].as_i64().is_some() && problem["column"].as_i64().is_some(), "{what}: {problem}");
         }
     }
-    let health = gw.http.get(gw.url("/healthz")).send().await.unwrap();
-    assert_eq!(health.status(), 200);
+    assert_eq!(gw.get("/healthz").await.status, 200);
     let r = gw.post_json("/computations", json!({"program": "data('memory.utilization').max().publish()"})).await;
-    assert_eq!(r.status(), 201);
+    assert_eq!(r.status, 201);
     // The computation created before is untouched.
-    assert_eq!(gw.get_json(&format!("/computations/{id}")).await["status"], "running");
+    assert_eq!(gw.get(&format!("/computations/{id}")).await.json()["status"], "running");
     gw.stop().await;
 }
 
 #[tokio::test]
 async fn the_compat_api_applies_the_same_bounds_in_its_own_error_shape() {
-    let gw = spawn_gateway(test_settings()).await;
+    let gw = in_process_gateway(test_settings()).await;
     for (query, field) in [
         ("resolution=1000000000000000", "resolution"),
         ("resolution=10", "resolution"),
@@ -218,19 +220,13 @@ async fn the_compat_api_applies_the_same_bounds_in_its_own_error_shape() {
         ("start=-20y", "start"),
         ("stop=253402300799000", "stop"),
     ] {
-        let response = gw
-            .http
-            .post(gw.url(&format!("/v2/signalflow/execute?{query}")))
-            .header("content-type", "text/plain")
-            .body(PROGRAM)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 400, "{query}");
-        let body: Json = response.json().await.unwrap();
+        let execute = request("POST", &format!("/v2/signalflow/execute?{query}")).header("content-type", "text/plain");
+        let answer = gw.call(execute.body(axum::body::Body::from(PROGRAM)).unwrap()).await;
+        assert_eq!(answer.status, 400, "{query}");
+        let body = answer.json();
         let message = body["message"].as_str().unwrap_or_default();
         assert!(message.starts_with(&format!("{field}:")), "{query}: {body}");
     }
-    assert_eq!(gw.http.get(gw.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(gw.get("/healthz").await.status, 200);
     gw.stop().await;
 }

@@ -9,34 +9,58 @@ use std::collections::HashMap;
 const PROGRAM: &str = "data('cpu.utilization').mean(by=['region']).publish('A')";
 const KEY: &str = "k3y-0123456789abcdef";
 
+fn empty(builder: axum::http::request::Builder) -> axum::http::Request<axum::body::Body> {
+    builder.body(axum::body::Body::empty()).unwrap()
+}
+
 #[tokio::test]
 async fn api_keys_are_required_when_configured_by_header_or_query() {
     let mut settings = test_settings();
     settings.auth.api_keys = vec![SecretString::from(KEY)];
-    let gw = spawn_gateway(settings).await;
-    let no_key = gw.http.get(gw.url("/computations")).send().await.unwrap();
-    assert_eq!(no_key.status(), 401);
-    assert_eq!(no_key.headers()["www-authenticate"], "Bearer");
-    assert_eq!(no_key.json::<Json>().await.unwrap()["type"], "/problems/unauthorized");
-    let wrong = gw.http.get(gw.url("/computations")).bearer_auth("k3y-0123456789abcdeX").send().await.unwrap();
-    assert_eq!(wrong.status(), 403);
-    let right = gw.http.get(gw.url("/computations")).bearer_auth(KEY).send().await.unwrap();
-    assert_eq!(right.status(), 200);
+    let gw = in_process_gateway(settings).await;
+    let no_key = gw.get("/computations").await;
+    assert_eq!(no_key.status, 401);
+    assert_eq!(no_key.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(no_key.json()["type"], "/problems/unauthorized");
+    let bearer = |key: &str| request("GET", "/computations").header("authorization", format!("Bearer {key}"));
+    let wrong = gw.call(empty(bearer("k3y-0123456789abcdeX"))).await;
+    assert_eq!(wrong.status, 403);
+    assert_eq!(wrong.json()["type"], "/problems/forbidden");
+    assert_eq!(gw.call(empty(bearer(KEY))).await.status, 200);
     // Probes stay open.
-    assert_eq!(gw.http.get(gw.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(gw.get("/healthz").await.status, 200);
     // EventSource cannot send headers: the query parameter works for streams.
-    let url = reqwest::Url::parse_with_params(
-        &gw.url("/computations/stream"),
-        &[("program", PROGRAM), ("access_token", KEY)],
-    )
-    .unwrap();
-    let response = gw.http.get(url).header("accept", "text/event-stream").send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let mut stream = SseClient::from_response(response);
-    stream.until_data(1).await;
+    let query = form_urlencoded::Serializer::new(String::new())
+        .append_pair("program", PROGRAM)
+        .append_pair("access_token", KEY)
+        .finish();
+    let stream = gw.respond(empty(request("GET", &format!("/computations/stream?{query}")))).await;
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    drop(stream);
     // Compat routes are covered too.
-    let compat = gw.http.post(gw.url("/v2/signalflow/execute")).body("data('x').publish()").send().await.unwrap();
-    assert_eq!(compat.status(), 401);
+    let compat = gw.call(request("POST", "/v2/signalflow/execute").body("data('x').publish()".into()).unwrap()).await;
+    assert_eq!(compat.status, 401);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn request_ids_are_kept_when_sane_and_made_otherwise() {
+    let gw = in_process_gateway(test_settings()).await;
+    let with_id = |id: &str| empty(request("GET", "/healthz").header("x-request-id", id));
+    let kept = gw.call(with_id("trace-42")).await;
+    assert_eq!(kept.header("x-request-id"), Some("trace-42"));
+    // Too long, or with spaces: replaced by a new one.
+    for unusable in ["x".repeat(65), "two words".to_owned()] {
+        let made = gw.call(with_id(&unusable)).await;
+        let id = made.header("x-request-id").unwrap();
+        assert!(id.len() == 16 && id.chars().all(|c| c.is_ascii_hexdigit()), "{unusable:?} became {id:?}");
+    }
+    let a = gw.get("/healthz").await;
+    let b = gw.get("/no/such/route").await;
+    assert_eq!(b.status, 404);
+    assert_ne!(a.header("x-request-id"), b.header("x-request-id"), "each request has its own id");
+    assert!(b.header("x-request-id").is_some(), "problem answers carry the id too");
     gw.stop().await;
 }
 
@@ -85,26 +109,32 @@ async fn pass_through_tenants_never_see_each_other() {
 async fn cors_preflights_are_answered_for_allowed_origins_only() {
     let mut settings = test_settings();
     settings.cors.allowed_origins = vec!["https://app.example".into()];
-    let gw = spawn_gateway(settings).await;
+    let gw = in_process_gateway(settings).await;
     let preflight = |origin: &str| {
-        gw.http
-            .request(reqwest::Method::OPTIONS, gw.url("/computations"))
-            .header("origin", origin)
-            .header("access-control-request-method", "POST")
-            .header("access-control-request-headers", "content-type")
-            .send()
+        empty(
+            request("OPTIONS", "/computations")
+                .header("origin", origin)
+                .header("access-control-request-method", "POST")
+                .header("access-control-request-headers", "content-type"),
+        )
     };
-    let allowed = preflight("https://app.example").await.unwrap();
-    assert_eq!(allowed.status(), 204);
-    assert_eq!(allowed.headers()["access-control-allow-origin"], "https://app.example");
-    assert!(allowed.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
-    let refused = preflight("https://evil.example").await.unwrap();
-    assert_eq!(refused.status(), 403);
-    assert!(refused.headers().get("access-control-allow-origin").is_none());
-    let simple = gw.http.get(gw.url("/computations")).header("origin", "https://app.example").send().await.unwrap();
-    assert_eq!(simple.headers()["access-control-allow-origin"], "https://app.example");
-    let other = gw.http.get(gw.url("/computations")).header("origin", "https://evil.example").send().await.unwrap();
-    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let allowed = gw.call(preflight("https://app.example")).await;
+    assert_eq!(allowed.status, 200);
+    assert_eq!(allowed.header("access-control-allow-origin"), Some("https://app.example"));
+    assert!(allowed.header("access-control-allow-methods").unwrap().contains("POST"));
+    assert!(allowed.header("access-control-allow-headers").unwrap().contains("content-type"));
+    assert_eq!(allowed.header("access-control-max-age"), Some("600"));
+    // Another origin's preflight gets no allowed origin, so the browser refuses the call; the
+    // request itself is never run.
+    let refused = gw.call(preflight("https://evil.example")).await;
+    assert!(refused.header("access-control-allow-origin").is_none());
+    let simple = |origin: &str| empty(request("GET", "/computations").header("origin", origin));
+    let allowed = gw.call(simple("https://app.example")).await;
+    assert_eq!(allowed.header("access-control-allow-origin"), Some("https://app.example"));
+    assert!(allowed.header("vary").unwrap().contains("origin"));
+    let other = gw.call(simple("https://evil.example")).await;
+    assert_eq!(other.status, 200);
+    assert!(other.header("access-control-allow-origin").is_none());
     gw.stop().await;
 }
 

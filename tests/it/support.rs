@@ -223,15 +223,90 @@ pub fn test_settings() -> signalflow_gateway::config::Settings {
 pub async fn spawn_gateway(settings: signalflow_gateway::config::Settings) -> Gateway {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = signalflow_gateway::app::Application::build_with_listener(settings, listener).await.unwrap();
-    let gateway = Gateway::serve(app);
-    let ready = gateway.url("/readyz");
-    let http = gateway.http.clone();
-    eventually("gateway ready", || {
-        let (http, ready) = (http.clone(), ready.clone());
-        async move { http.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) }
-    })
-    .await;
-    gateway
+    wait_ready(&app).await;
+    Gateway::serve(app)
+}
+
+/// Waits for the upstream socket to authenticate (signalled by the pool; no polling). In
+/// pass-through tenancy, pools open on demand, so there is nothing to wait for.
+async fn wait_ready(app: &signalflow_gateway::app::Application) {
+    if let Ok(pool) = app.hub().pools().for_tenant(&signalflow_gateway::hub::Tenant::single()) {
+        assert!(pool.wait_ready(WAIT).await, "the gateway's upstream is ready");
+    }
+}
+
+/// The gateway's router called in process (`tower::ServiceExt::oneshot`), with no HTTP socket:
+/// for plain request/answer behaviour (status codes, problem bodies, validation, routing,
+/// middleware). The upstream and the simulator behind it are real.
+pub struct InProcess {
+    router: axum::Router,
+    app: signalflow_gateway::app::Application,
+}
+
+/// An answer read in full.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: axum::http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Json {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub async fn in_process_gateway(settings: signalflow_gateway::config::Settings) -> InProcess {
+    // Bound but never served: the router is called directly.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = signalflow_gateway::app::Application::build_with_listener(settings, listener).await.unwrap();
+    wait_ready(&app).await;
+    InProcess { router: app.router(), app }
+}
+
+impl InProcess {
+    /// The response, with its head only (streams stay open until it is dropped).
+    pub async fn respond(&self, request: axum::http::Request<axum::body::Body>) -> axum::response::Response {
+        use tower::ServiceExt;
+        let response = self.router.clone().oneshot(request);
+        tokio::time::timeout(WAIT, response).await.expect("answered in time").unwrap()
+    }
+
+    /// The answer read in full (for requests whose bodies end).
+    pub async fn call(&self, request: axum::http::Request<axum::body::Body>) -> Answer {
+        let response = self.respond(request).await;
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(WAIT, axum::body::to_bytes(body, usize::MAX))
+            .await
+            .expect("body read in time")
+            .unwrap();
+        Answer { status: parts.status.as_u16(), headers: parts.headers, body }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.call(request("GET", path).body(axum::body::Body::empty()).unwrap()).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: Json) -> Answer {
+        let request = request("POST", path).header("content-type", "application/json");
+        self.call(request.body(axum::body::Body::from(body.to_string())).unwrap()).await
+    }
+
+    /// Drains the hub (stops the upstream jobs) and shuts the gateway down.
+    pub async fn stop(self) {
+        let stopped = self.app.run_until_stopped(async {});
+        tokio::time::timeout(WAIT, stopped).await.expect("gateway stops").unwrap();
+    }
+}
+
+/// A request builder for [`InProcess`].
+pub fn request(method: &str, path: &str) -> axum::http::request::Builder {
+    axum::http::Request::builder().method(method).uri(path)
 }
 
 impl Gateway {

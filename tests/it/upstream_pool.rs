@@ -35,9 +35,9 @@ async fn fixture_simulator_with(config: SimulatorConfig, faults: Faults) -> (Sim
 
 fn config_for(sim: &SimulatorHandle) -> UpstreamConfig {
     let mut config = UpstreamConfig::new(sim.ws_url(), SecretString::from("test-token"));
-    config.backoff_initial = Duration::from_millis(50);
-    config.backoff_max = Duration::from_millis(400);
-    config.compress = false;
+    config.settings.backoff_initial = Duration::from_millis(50);
+    config.settings.backoff_max = Duration::from_millis(400);
+    config.settings.compress = false;
     config
 }
 
@@ -78,7 +78,7 @@ async fn bounded_query_streams_metadata_batches_info_and_the_end() {
     for compress in [false, true] {
         let (sim, _control) = fixture_simulator(SimulatorConfig::default()).await;
         let mut config = config_for(&sim);
-        config.compress = compress;
+        config.settings.compress = compress;
         let pool = pool(config);
         let mut c = pool.execute(spec(Some(START), Some(START + 5_000))).await.unwrap();
         let events = until_end(&mut c).await;
@@ -147,11 +147,11 @@ async fn killed_sockets_resume_every_job_without_duplicates() {
 #[tokio::test]
 async fn rejected_token_is_a_typed_error_retried_with_backoff() {
     let config = SimulatorConfig { token: Some("right".into()), ..Default::default() };
-    let (sim, control) = fixture_simulator(config).await;
+    let (sim, _control) = fixture_simulator(config).await;
     let mut upstream = config_for(&sim);
     upstream.token = SecretString::from("wrong");
-    upstream.backoff_initial = Duration::from_millis(200);
-    upstream.backoff_max = Duration::from_secs(2);
+    upstream.settings.backoff_initial = Duration::from_millis(200);
+    upstream.settings.backoff_max = Duration::from_secs(2);
     let pool = pool(upstream);
     eventually("an auth failure is recorded", || async { pool.stats().auth_failures.load(Ordering::Relaxed) >= 1 })
         .await;
@@ -161,10 +161,17 @@ async fn rejected_token_is_a_typed_error_retried_with_backoff() {
         matches!(status.last_error.as_deref(), Some(signalflow_gateway::upstream::ConnectError::AuthRejected(_))),
         "{status:?}"
     );
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    // A tight loop would have made hundreds of attempts by now; backoff allows a handful.
-    let opened = control.get("/stats").await["connectionsOpened"].as_u64().unwrap();
-    assert!(opened <= 6, "{opened} connection attempts in ~1.5 s");
+    // Three more attempts wait at least 100 + 200 + 400 ms between them (each backoff is
+    // jittered within [d/2, d], d doubling from 200 ms), less what the first wait had run when
+    // the clock starts here; a tight loop would take milliseconds.
+    let first = std::time::Instant::now();
+    let failures = pool.stats().auth_failures.load(Ordering::Relaxed);
+    eventually("three more auth failures", || async {
+        pool.stats().auth_failures.load(Ordering::Relaxed) >= failures + 3
+    })
+    .await;
+    let elapsed = first.elapsed();
+    assert!(elapsed >= Duration::from_millis(500), "three retries within {elapsed:?}");
 }
 
 #[tokio::test]
@@ -231,8 +238,8 @@ async fn detach_ends_the_stream_and_the_simulator_job() {
 async fn jobs_beyond_one_sockets_limit_open_more_sockets() {
     let (sim, control) = fixture_simulator(SimulatorConfig::default()).await;
     let mut config = config_for(&sim);
-    config.max_channels_per_connection = 3;
-    config.max_connections = 4;
+    config.settings.max_channels_per_connection = 3;
+    config.settings.max_connections = 4;
     let pool = pool(config);
     let mut computations = Vec::new();
     for _ in 0..10 {
@@ -285,7 +292,7 @@ async fn a_silent_socket_is_replaced_by_the_read_watchdog() {
     let config = SimulatorConfig { keepalive_interval: Duration::from_secs(3600), ..Default::default() };
     let (sim, _control) = fixture_simulator_with(config, Faults { stop_reading: true, ..Faults::default() }).await;
     let mut upstream = config_for(&sim);
-    upstream.read_timeout = Duration::from_millis(300);
+    upstream.settings.read_timeout = Duration::from_millis(300);
     let pool = pool(upstream);
     eventually("the watchdog fired", || async { pool.stats().disconnects.load(Ordering::Relaxed) >= 1 }).await;
     eventually("a new socket is authenticated", || async { pool.is_ready() }).await;
@@ -297,7 +304,7 @@ async fn a_stalled_consumer_does_not_delay_another_computation() {
     let mut config = config_for(&sim);
     // The reader's whole output (~410 events) fits its queue even if this test task lags; the
     // stalled one's (~2,010) cannot.
-    config.consumer_queue = 512;
+    config.settings.consumer_queue = 512;
     let pool = pool(config);
     let mut stalled = pool.execute(spec(Some(START), Some(START + 2_000_000))).await.unwrap();
     let mut reader = pool.execute(spec(Some(START), Some(START + 400_000))).await.unwrap();
@@ -352,7 +359,7 @@ async fn connects_through_an_http_connect_proxy() {
     let (sim, _control) = fixture_simulator(SimulatorConfig::default()).await;
     let (proxy, tunnels) = connect_proxy().await;
     let mut config = config_for(&sim);
-    config.proxy = Some(proxy);
+    config.settings.proxy = Some(proxy);
     let pool = pool(config);
     let mut c = pool.execute(spec(Some(START), Some(START + 1_000))).await.unwrap();
     let events = until_end(&mut c).await;

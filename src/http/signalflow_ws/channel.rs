@@ -201,7 +201,7 @@ impl ChannelTask {
             immediate: request.immediate,
             timezone: request.timezone,
         };
-        let limit = self.state.settings.limits.max_program_bytes;
+        let limit = self.state.hub.settings().limits.max_program_bytes;
         let spec = ComputationSpec::from_raw(raw, limit, now_ms()).map_err(|e| self.refusal(ApiError::from(e)))?;
         let hub = &self.state.hub;
         let created = hub.create(spec, &self.tenant, true).await.map_err(|e| self.refusal(ApiError::from(e)))?;

@@ -23,11 +23,12 @@
 
 mod channel;
 pub mod frames;
+mod settings;
 
 use self::channel::{ChannelHandle, ChannelTask, Ending, Source};
 use self::frames::Framer;
+pub use self::settings::WebsocketSettings;
 use super::AppState;
-use crate::config::WebsocketSettings;
 use crate::hub::Tenant;
 use crate::protocol::messages::{Authenticated, ServerMessage};
 use crate::protocol::{ChannelName, Request, WsFrame};
@@ -74,7 +75,7 @@ async fn upgrade(
     RawQuery(query): RawQuery,
 ) -> Response {
     let keys = &state.settings.auth.api_keys;
-    if state.settings.tenancy.pass_through && !keys.is_empty() {
+    if state.hub.pools().is_pass_through() && !keys.is_empty() {
         // The authenticate token is the SignalFx token, so the API key rides on the upgrade.
         let presented = super::access::presented_key(&headers, query.as_deref());
         let valid = presented.is_some_and(|k| super::access::is_valid_key(keys, &k));
@@ -325,7 +326,7 @@ impl Session {
         let settings = &self.state.settings;
         let tenant = if token.is_empty() {
             None
-        } else if settings.tenancy.pass_through {
+        } else if self.state.hub.pools().is_pass_through() {
             Some(Tenant::for_token(token))
         } else if !settings.auth.api_keys.is_empty() {
             super::access::is_valid_key(&settings.auth.api_keys, token).then(Tenant::single)

@@ -72,7 +72,7 @@ pub(crate) async fn connect(ctx: &PoolContext) -> Result<WsStream, ConnectError>
         token: ctx.config.token.expose_secret().to_owned(),
         user_agent: Some(ctx.user_agent()),
     });
-    let timeout = ctx.config.auth_timeout;
+    let timeout = ctx.config.settings.auth_timeout;
     let reply = tokio::time::timeout(timeout, async {
         ws.send(Message::Text(auth.to_json().into())).await.map_err(|e| ConnectError::Closed(e.to_string()))?;
         loop {
@@ -132,7 +132,7 @@ pub(crate) struct SlotTask {
 impl SlotTask {
     pub fn new(shared: Arc<SlotShared>, ctx: Arc<PoolContext>, commands: mpsc::Receiver<SlotCommand>) -> Self {
         let keep_open = shared.id == 0;
-        let limits = DecodeLimits { max_decompressed_bytes: ctx.config.max_message_bytes };
+        let limits = DecodeLimits { max_decompressed_bytes: ctx.config.settings.max_message_bytes };
         SlotTask {
             shared,
             ctx,
@@ -150,7 +150,7 @@ impl SlotTask {
 
     pub async fn run(mut self) {
         let config = &self.ctx.config;
-        let mut backoff = Backoff::new(config.backoff_initial, config.backoff_max);
+        let mut backoff = Backoff::new(config.settings.backoff_initial, config.settings.backoff_max);
         let cancel = self.ctx.cancel.clone();
         loop {
             if cancel.is_cancelled() {
@@ -281,7 +281,7 @@ impl SlotTask {
     async fn connected(&mut self, mut ws: WsStream) -> Left {
         self.shared.authenticated.store(true, Ordering::Relaxed);
         self.ctx.readiness_changed();
-        self.shared.capacity.store(self.ctx.config.max_channels_per_connection, Ordering::Relaxed);
+        self.shared.capacity.store(self.ctx.config.settings.max_channels_per_connection, Ordering::Relaxed);
         self.ctx.stats.sockets_open.fetch_add(1, Ordering::Relaxed);
         let left = self.connected_loop(&mut ws).await;
         self.ctx.stats.sockets_open.fetch_sub(1, Ordering::Relaxed);
@@ -289,7 +289,7 @@ impl SlotTask {
         self.ctx.readiness_changed();
         if matches!(left, Left::Idle | Left::Shutdown) {
             let close = CloseFrame { code: CloseCode::Normal, reason: "".into() };
-            let _ = tokio::time::timeout(self.ctx.config.write_timeout, ws.close(Some(close))).await;
+            let _ = tokio::time::timeout(self.ctx.config.settings.write_timeout, ws.close(Some(close))).await;
         }
         left
     }
@@ -304,7 +304,7 @@ impl SlotTask {
                 return left;
             }
         }
-        let read_timeout = self.ctx.config.read_timeout;
+        let read_timeout = self.ctx.config.settings.read_timeout;
         // A socket silent for half the read timeout is pinged: a service that sends no
         // `KEEP_ALIVE` still answers pings, and the pong counts as a frame.
         let ping_after = read_timeout / 2;
@@ -312,7 +312,7 @@ impl SlotTask {
         let ping_timer = tokio::time::sleep(ping_after);
         let start_timer = tokio::time::sleep(Duration::ZERO);
         let stop_timer = tokio::time::sleep(Duration::from_secs(3600));
-        let idle_timer = tokio::time::sleep(self.ctx.config.idle_timeout);
+        let idle_timer = tokio::time::sleep(self.ctx.config.settings.idle_timeout);
         tokio::pin!(read_deadline, ping_timer, start_timer, stop_timer, idle_timer);
         let cancel = self.ctx.cancel.clone();
         loop {
@@ -339,7 +339,7 @@ impl SlotTask {
                     self.send_message(ws, Message::Ping(Default::default())).await
                 }
                 Some(command) = self.commands.recv() => {
-                    idle_timer.as_mut().reset((Instant::now() + self.ctx.config.idle_timeout).into());
+                    idle_timer.as_mut().reset((Instant::now() + self.ctx.config.settings.idle_timeout).into());
                     self.command(ws, command).await
                 }
                 Some(expired) = futures::StreamExt::next(&mut self.retries) => {
@@ -364,10 +364,10 @@ impl SlotTask {
     }
 
     async fn send_message(&self, ws: &mut WsStream, message: Message) -> Result<(), Left> {
-        match tokio::time::timeout(self.ctx.config.write_timeout, ws.send(message)).await {
+        match tokio::time::timeout(self.ctx.config.settings.write_timeout, ws.send(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Left::Lost(format!("write failed: {e}"))),
-            Err(_) => Err(Left::Lost(format!("write timed out after {:?}", self.ctx.config.write_timeout))),
+            Err(_) => Err(Left::Lost(format!("write timed out after {:?}", self.ctx.config.settings.write_timeout))),
         }
     }
 
@@ -385,7 +385,7 @@ impl SlotTask {
             }
             self.pending.pop_front();
             let channel = self.new_channel();
-            let compress = self.ctx.config.compress;
+            let compress = self.ctx.config.settings.compress;
             let Some(record) = self.records.get_mut(&id) else { continue };
             let request = Request::Execute(record.execute_request(channel, compress));
             // Registered before the write: an instant reply finds its channel.
@@ -416,8 +416,10 @@ impl SlotTask {
                     self.end_locally(id, Terminal::Aborted { state: "STOPPED".into(), reason });
                     return Ok(());
                 }
-                record.stop =
-                    Some(PendingStop { reason: reason.clone(), deadline: Instant::now() + self.ctx.config.stop_wait });
+                record.stop = Some(PendingStop {
+                    reason: reason.clone(),
+                    deadline: Instant::now() + self.ctx.config.settings.stop_wait,
+                });
                 match record.handle.clone() {
                     Some(handle) => self.write(ws, &Request::Stop(StopRequest { handle, reason: Some(reason) })).await,
                     // Sent when JOB_START arrives (see `Record::on_control`).

@@ -122,7 +122,7 @@ impl SlotTask {
                 }
                 let refusals = record.refusals;
                 self.ctx.stats.start_refusals.fetch_add(1, Ordering::Relaxed);
-                if refusals > self.ctx.config.max_start_refusals {
+                if refusals > self.ctx.config.settings.max_start_refusals {
                     let reason = format!("the service refused to start the job {refusals} times ({kind:?})");
                     self.end_locally(id, Terminal::Failed(reason));
                     return Ok(());
@@ -130,8 +130,11 @@ impl SlotTask {
                 if kind == RetryKind::ChannelLimit {
                     self.shared.capacity.store(self.channels.len().max(1), Ordering::Relaxed);
                 }
-                let delay =
-                    delay_for(self.ctx.config.backoff_initial, self.ctx.config.backoff_max, refusals.saturating_sub(1));
+                let delay = delay_for(
+                    self.ctx.config.settings.backoff_initial,
+                    self.ctx.config.settings.backoff_max,
+                    refusals.saturating_sub(1),
+                );
                 tracing::info!(
                     slot = self.shared.id,
                     computation = id,
