@@ -215,17 +215,18 @@ pub struct SelfSigned {
 
 /// Makes a fresh CA and a server certificate for `hosts` (DNS names or IP addresses).
 pub fn self_signed(hosts: &[&str]) -> Result<SelfSigned, TlsError> {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
     let err = |e: rcgen::Error| TlsError::Generate(e.to_string());
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.distinguished_name.push(DnType::CommonName, "signalflow-gateway throwaway CA");
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().map_err(err)?).map_err(err)?;
+    let ca_key = KeyPair::generate().map_err(err)?;
+    let ca = ca_params.self_signed(&ca_key).map_err(err)?;
     let key = KeyPair::generate().map_err(err)?;
     let mut params = CertificateParams::new(hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()).map_err(err)?;
     params.distinguished_name.push(DnType::CommonName, hosts.first().copied().unwrap_or("localhost"));
-    let cert = params.signed_by(&key, &ca).map_err(err)?;
+    let cert = params.signed_by(&key, &ca, &ca_key).map_err(err)?;
     Ok(SelfSigned { ca_pem: ca.pem(), cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
