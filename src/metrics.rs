@@ -7,7 +7,7 @@
 //! HTTP requests are labelled by route template (`/computations/{id}`), never the raw URI, so
 //! the label set is bounded by the routes; unknown routes share one `unmatched` label.
 
-use crate::hub::{Hub, LATENCY_BUCKETS_US};
+use crate::hub::{Hub, LATENCY_BUCKETS_US, Pools};
 use crate::upstream::pool::PoolStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
@@ -168,12 +168,11 @@ impl Collector for GatewayCollector {
                 &buckets,
                 None,
             )?;
-        encode_upstream(&mut encoder, hub)
+        encode_upstream(&mut encoder, hub.pools())
     }
 }
 
-fn encode_upstream(encoder: &mut DescriptorEncoder, hub: &Hub) -> std::fmt::Result {
-    let pools = hub.pools();
+fn encode_upstream(encoder: &mut DescriptorEncoder, pools: &Pools) -> std::fmt::Result {
     let live = pools.all();
     // Closed pools' counts too, so the totals never go backwards.
     let stats: Vec<&PoolStats> = live.iter().map(|p| p.stats()).chain([pools.retired_stats()]).collect();
@@ -221,4 +220,65 @@ fn encode_upstream(encoder: &mut DescriptorEncoder, hub: &Hub) -> std::fmt::Resu
         counter(encoder, name, help, sum(read))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Tenant;
+    use crate::upstream::UpstreamConfig;
+    use secrecy::SecretString;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio_util::sync::CancellationToken;
+
+    /// The upstream families alone, as the gateway's collector encodes them.
+    struct Upstream(Arc<Pools>);
+
+    impl std::fmt::Debug for Upstream {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Upstream")
+        }
+    }
+
+    impl Collector for Upstream {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+            encode_upstream(&mut encoder, &self.0)
+        }
+    }
+
+    /// One sample's value in the exposition.
+    fn sample(text: &str, name: &str) -> f64 {
+        let line = text.lines().find(|l| l.split(' ').next() == Some(name));
+        line.and_then(|l| l.split(' ').nth(1)).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{name}:\n{text}"))
+    }
+
+    #[tokio::test]
+    async fn upstream_counters_never_go_backwards_when_an_idle_tenant_pool_is_closed() {
+        // Nothing listens on port 1: each attempt counts a connect failure.
+        let mut template = UpstreamConfig::new("ws://127.0.0.1:1/".into(), SecretString::from("unused"));
+        template.settings.backoff_initial = Duration::from_millis(10);
+        template.settings.backoff_max = Duration::from_millis(10);
+        let pools = Arc::new(Pools::pass_through(template, 4, Duration::ZERO, CancellationToken::new()));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Upstream(pools.clone())));
+        let render = || {
+            let mut out = String::new();
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &registry).unwrap();
+            out
+        };
+        let pool = pools.for_tenant(&Tenant::for_token("tenant-token")).unwrap();
+        let name = "sfgw_upstream_connect_failures_total";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while sample(&render(), name) < 2.0 {
+            assert!(tokio::time::Instant::now() < deadline, "no connect failure counted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(pool);
+        let before = sample(&render(), name);
+        pools.evict_idle(); // idle for the (zero) timeout: closed
+        assert!(pools.all().is_empty(), "the idle pool was closed");
+        let after = sample(&render(), name);
+        assert!(after >= before, "{name} went backwards: {before} then {after}");
+    }
 }
