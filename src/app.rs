@@ -86,7 +86,8 @@ impl Application {
         warn_if_exposed(&settings);
         let settings = Arc::new(settings);
         let http_metrics = Arc::new(crate::metrics::HttpMetrics::default());
-        let state = AppState { hub: hub.clone(), settings: settings.clone(), http_metrics };
+        let cache = Arc::new(crate::cache::ResultsCache::new(settings.cache.clone()));
+        let state = AppState { hub: hub.clone(), settings: settings.clone(), http_metrics, cache };
         let mut router = http::router(state);
         if let Some(sim) = &simulator {
             router = router.merge(simulator::control::routes(sim.state.clone()));

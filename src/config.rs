@@ -26,6 +26,8 @@ pub struct Settings {
     pub tenancy: TenancySettings,
     pub websocket: WebsocketSettings,
     pub tls: TlsSettings,
+    /// The results cache for bounded queries (`cache.*`).
+    pub cache: crate::cache::CacheSettings,
     /// Longest a graceful shutdown may take.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -219,6 +221,7 @@ impl Default for Settings {
             tenancy: TenancySettings::default(),
             websocket: WebsocketSettings::default(),
             tls: TlsSettings::default(),
+            cache: crate::cache::CacheSettings::default(),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -408,6 +411,7 @@ impl Settings {
         positive(l.max_series_per_computation, "limits.max_series_per_computation");
         positive(l.max_result_points, "limits.max_result_points");
         positive(l.max_result_series, "limits.max_result_series");
+        positive(self.cache.chunk_points as usize, "cache.chunk_points");
         if self.cors.allowed_origins.iter().any(|o| o == "*") && !self.auth.api_keys.is_empty() {
             problems.push("cors.allowed_origins: `*` is only allowed without auth.api_keys".into());
         }
@@ -602,6 +606,8 @@ mod tests {
             "websocket.outbound_queue",
             "simulator.keepalive_interval",
             "drain_timeout",
+            "cache.max_bytes",
+            "cache.fresh_margin",
         ] {
             assert!(paths.iter().any(|p| p == name), "{name} missing from the dump: {paths:?}");
         }

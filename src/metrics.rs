@@ -188,3 +188,28 @@ fn render_upstream(out: &mut Exposition, pools: &[&PoolStats], ready: bool) {
         out.single(name, "counter", help, sum(read));
     }
 }
+
+// --- results cache (issue 15): one self-contained block -----------------------------------
+
+/// The results cache's families, appended after [`render`]'s.
+pub fn render_cache(stats: &crate::cache::CacheStats) -> String {
+    let mut out = Exposition(String::with_capacity(1024));
+    let counters: [(&str, &str, u64); 6] = [
+        ("sfgw_cache_hits_total", "Result chunks answered from the cache.", stats.hits),
+        ("sfgw_cache_misses_total", "Result chunks fetched upstream.", stats.misses),
+        ("sfgw_cache_jobs_total", "Upstream jobs run by the results cache.", stats.jobs),
+        (
+            "sfgw_cache_jobs_saved_total",
+            "Bounded queries answered without an upstream job of their own (stored or shared in flight).",
+            stats.jobs_saved,
+        ),
+        ("sfgw_cache_bypassed_total", "Bounded queries that bypassed the cache.", stats.bypassed),
+        ("sfgw_cache_evictions_total", "Chunks evicted to hold the byte bound.", stats.evictions),
+    ];
+    for (name, help, value) in counters {
+        out.single(name, "counter", help, value);
+    }
+    out.single("sfgw_cache_bytes", "gauge", "Estimated bytes of the stored chunks.", stats.bytes);
+    out.single("sfgw_cache_entries", "gauge", "Stored chunks.", stats.entries);
+    out.0
+}

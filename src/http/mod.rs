@@ -38,6 +38,8 @@ pub struct AppState {
     pub hub: Hub,
     pub settings: Arc<Settings>,
     pub http_metrics: Arc<crate::metrics::HttpMetrics>,
+    /// The results cache of bounded queries (its shared jobs end with an API error).
+    pub cache: Arc<crate::cache::ResultsCache<error::ApiError>>,
 }
 
 /// The OpenAPI contract, compiled in.

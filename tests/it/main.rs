@@ -22,6 +22,7 @@ mod interop_signalflow_client;
 mod openapi_contract;
 mod protocol_fixtures;
 mod protocol_roundtrip;
+mod results_cache;
 mod simulator_language;
 mod simulator_protocol;
 mod upstream_pool;
