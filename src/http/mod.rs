@@ -4,7 +4,8 @@
 //! - [`computations`]: create/share, list, read, stop, metadata.
 //! - [`events`]: the SSE / NDJSON streams.
 //! - [`compat`]: the SignalFlow REST/SSE API (`/v2/signalflow/…`) for existing SSE clients.
-//! - [`results`]: whole results of bounded queries as JSON or CSV.
+//! - [`results`]: whole results of bounded queries as JSON or CSV, through the results cache.
+//! - [`latest`]: the last value of every series, as JSON or Prometheus text, for pollers.
 //! - [`signalflow_ws`]: the SignalFlow websocket protocol (`/v2/signalflow/connect`) for every
 //!   official client.
 //! - [`health`]: liveness, readiness and `/metrics`.
@@ -21,6 +22,7 @@ pub mod console;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod latest;
 pub mod results;
 pub mod signalflow_ws;
 
@@ -67,6 +69,8 @@ fn routes() -> Routes {
         .route("/computations/{id}", &["GET", "DELETE"], get(computations::read).delete(computations::stop))
         .route("/computations/{id}/events", &["GET"], get(events::events))
         .route("/computations/{id}/metadata", &["GET"], get(computations::metadata))
+        .route("/computations/{id}/latest", &["GET"], get(latest::read))
+        .route("/latest", &["GET"], get(latest::by_program))
         .route("/computations/{id}/metadata/{tsid}", &["GET"], get(computations::one_metadata))
         .route("/healthz", &["GET"], get(health::healthz))
         .route("/readyz", &["GET"], get(health::readyz))
