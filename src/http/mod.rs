@@ -5,6 +5,8 @@
 //! - [`events`]: the SSE / NDJSON streams.
 //! - [`compat`]: the SignalFlow REST/SSE API (`/v2/signalflow/…`) for existing SSE clients.
 //! - [`results`]: whole results of bounded queries as JSON or CSV, through the results cache.
+//! - [`query`]: `GET /query`, bounded queries in one URL as long-format JSON or CSV (Grafana
+//!   Infinity), through the results cache.
 //! - [`latest`]: the last value of every series, as JSON or Prometheus text, for pollers.
 //! - [`signalflow_ws`]: the SignalFlow websocket protocol (`/v2/signalflow/connect`) for every
 //!   official client.
@@ -23,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod latest;
+pub mod query;
 pub mod results;
 pub mod signalflow_ws;
 
@@ -71,6 +74,7 @@ fn routes() -> Routes {
         .route("/computations/{id}/metadata", &["GET"], get(computations::metadata))
         .route("/computations/{id}/latest", &["GET"], get(latest::read))
         .route("/latest", &["GET"], get(latest::by_program))
+        .route("/query", &["GET"], get(query::query))
         .route("/computations/{id}/metadata/{tsid}", &["GET"], get(computations::one_metadata))
         .route("/healthz", &["GET"], get(health::healthz))
         .route("/readyz", &["GET"], get(health::readyz))

@@ -24,21 +24,24 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The header fields of a result: the query and what its (newest) job reported.
-struct ResultHeader<'a> {
-    id: &'a str,
-    program: &'a str,
-    start: Option<i64>,
-    stop: Option<i64>,
-    info: &'a JobInfo,
+/// A bounded query's whole result, from the cache or its own job, with its header fields.
+pub struct Bounded {
+    /// The computation that produced it (the newest one, for a stitched result).
+    pub id: String,
+    pub program: String,
+    pub start: Option<i64>,
+    pub stop: Option<i64>,
+    pub info: Arc<JobInfo>,
+    pub result: CollectedResult,
+    pub freshness: Freshness,
 }
 
 /// How the cache took part in an answer, for its `Cache-Control` and `Age`.
-struct Freshness {
+pub struct Freshness {
     /// Age of the oldest stored chunk used; `None` when none was.
-    age: Option<Duration>,
+    pub age: Option<Duration>,
     /// The whole range lies before the fresh edge: the answer will not change.
-    settled: bool,
+    pub settled: bool,
 }
 
 fn limits(state: &AppState) -> ResultLimits {
@@ -57,17 +60,31 @@ pub async fn whole_result(
     headers: &HeaderMap,
     use_cache: bool,
 ) -> Result<Response, ApiError> {
+    let bounded = bounded(state, tenant, raw, headers, use_cache).await?;
+    let wants_csv = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/csv"));
+    let response = if wants_csv { csv_response(&bounded.result) } else { json_response(&bounded) };
+    Ok(with_cache_headers(state, response, &bounded.freshness))
+}
+
+/// The whole result of a bounded query: through the results cache when it takes the query
+/// (an explicit resolution, not `immediate`, not bypassed), otherwise as its own job.
+pub async fn bounded(
+    state: &AppState,
+    tenant: &Tenant,
+    raw: RawSpec,
+    headers: &HeaderMap,
+    use_cache: bool,
+) -> Result<Bounded, ApiError> {
     let now = crate::clock::now_ms();
     let spec = ComputationSpec::from_raw(raw.clone(), state.settings.limits.max_program_bytes, now)?;
     let max_wait = state.settings.stream.max_wait;
     let Some(stop) = spec.stop.map(|s| s.resolve(now)) else {
-        return Err(unprocessable("wait=true needs a bounded query: give a stop"));
+        return Err(unprocessable("a whole result needs a bounded query: give a stop"));
     };
     if stop > now + max_wait.as_millis() as i64 {
         let detail = format!("the query ends more than {} from now", humantime::format_duration(max_wait));
         return Err(unprocessable(&detail));
     }
-    let wants_csv = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/csv"));
     let edge = state.cache.fresh_edge(now, spec.max_delay_ms);
     let bypass = !use_cache || !state.cache.settings.enabled || asks_no_cache(headers);
     let cacheable = match (bypass, spec.start) {
@@ -78,29 +95,29 @@ pub async fn whole_result(
         state.cache.count_bypass();
         let (entry, result) = run_uncached(state, tenant, raw).await?;
         let execute = entry.spec.to_execute(entry.created_at_ms);
-        let info = job_info(&entry, result.messages.clone());
-        let header = ResultHeader {
-            id: &entry.id,
-            program: &entry.spec.program,
+        let info = Arc::new(job_info(&entry, result.messages.clone()));
+        return Ok(Bounded {
+            id: entry.id.clone(),
+            program: entry.spec.program.clone(),
             start: execute.start,
             stop: execute.stop,
-            info: &info,
-        };
-        let freshness = Freshness { age: None, settled: stop <= edge };
-        return Ok(respond(state, wants_csv, &header, &result, &freshness));
+            info,
+            result,
+            freshness: Freshness { age: None, settled: stop <= edge },
+        });
     };
     let plan = state.cache.plan(&key, resolution, start, stop, edge);
     let (segments, age) = fetch_missing(state, tenant, &spec, &key, &plan).await?;
     let stitched = chunk::stitch(&segments, start, stop, limits(state)).map_err(too_large)?;
-    let header = ResultHeader {
-        id: &stitched.newest.id,
-        program: &spec.program,
+    Ok(Bounded {
+        id: stitched.newest.id.clone(),
+        program: spec.program,
         start: Some(start),
         stop: Some(stop),
-        info: &stitched.newest,
-    };
-    let freshness = Freshness { age, settled: stop <= edge };
-    Ok(respond(state, wants_csv, &header, &stitched.result, &freshness))
+        info: stitched.newest,
+        result: stitched.result,
+        freshness: Freshness { age, settled: stop <= edge },
+    })
 }
 
 /// `Cache-Control: no-cache` (or `no-store`) on the request.
@@ -238,14 +255,8 @@ fn too_large(error: CollectError) -> ApiError {
     }
 }
 
-fn respond(
-    state: &AppState,
-    wants_csv: bool,
-    header: &ResultHeader<'_>,
-    result: &CollectedResult,
-    freshness: &Freshness,
-) -> Response {
-    let mut response = if wants_csv { csv_response(result) } else { json_response(header, result) };
+/// `Cache-Control` (and `Age` when stored chunks were used) on a whole-result answer.
+pub fn with_cache_headers(state: &AppState, mut response: Response, freshness: &Freshness) -> Response {
     let headers = response.headers_mut();
     let age = freshness.age.map_or(0, |a| a.as_secs());
     let control = if freshness.settled {
@@ -296,7 +307,8 @@ async fn collect_error(state: &AppState, entry: &Entry, error: CollectError) -> 
     }
 }
 
-fn json_response(header: &ResultHeader<'_>, result: &CollectedResult) -> Response {
+fn json_response(bounded: &Bounded) -> Response {
+    let result = &bounded.result;
     let series: Vec<Value> = result
         .series
         .iter()
@@ -305,12 +317,12 @@ fn json_response(header: &ResultHeader<'_>, result: &CollectedResult) -> Respons
             json!({ "tsId": s.tsid, "properties": s.properties, "points": points })
         })
         .collect();
-    let info = header.info;
+    let info = &bounded.info;
     let body = json!({
-        "id": header.id,
-        "program": header.program,
-        "start": header.start,
-        "stop": header.stop,
+        "id": bounded.id,
+        "program": bounded.program,
+        "start": bounded.start,
+        "stop": bounded.stop,
         "resolutionMs": info.resolution_ms,
         "maxDelayMs": info.max_delay_ms,
         "lagMs": info.lag_ms,

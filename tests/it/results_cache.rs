@@ -291,3 +291,106 @@ async fn queries_the_cache_cannot_align_bypass_it() {
     assert_eq!(a.body, b.body);
     gw.stop().await;
 }
+
+/// Grafana Infinity's request, as its backend sends it: a GET with the dashboard's `${__from}`,
+/// `${__to}` (epoch ms) and `${__interval_ms}` in the URL, Go's user agent, gzip accepted, and
+/// the Accept header of the chosen parser.
+async fn infinity_get(gw: &Gateway, program: &str, from: i64, to: i64, interval_ms: i64, csv: bool) -> Answer {
+    let url = format!(
+        "{}?program={}&start={from}&stop={to}&resolution={interval_ms}",
+        gw.url("/query"),
+        query_value(program)
+    );
+    let accept = if csv { "text/csv; charset=utf-8" } else { "application/json;q=0.9,text/plain" };
+    let response = gw
+        .http
+        .get(url)
+        .header("user-agent", "Go-http-client/1.1")
+        .header("accept", accept)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    Answer { status, headers, body: response.text().await.unwrap() }
+}
+
+#[tokio::test]
+async fn query_answers_infinity_in_long_format_through_the_cache() {
+    let gw = spawn_gateway(cache_settings()).await;
+    let now = now_s();
+    let (from, to) = (now - 120_000, now - 60_000);
+    let before = jobs_started(&gw).await;
+    let json_answer = infinity_get(&gw, PROGRAM, from, to, 1000, false).await;
+    assert_eq!(json_answer.status, 200, "{}", json_answer.body);
+    assert_eq!(header(&json_answer, "content-type"), Some("application/json"));
+    let rows: Json = serde_json::from_str(&json_answer.body).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 2 * 60, "one row per point");
+    for row in rows {
+        let keys: Vec<&str> = row.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["timestamp", "label", "metric", "region", "value"], "{row}");
+        let t = row["timestamp"].as_i64().unwrap();
+        assert!(t >= from && t < to && t % 1000 == 0);
+        assert_eq!(row["label"], "A");
+        assert_eq!(row["metric"], "cpu.utilization");
+        assert!(row["value"].is_f64());
+    }
+    assert!(rows.windows(2).all(|w| w[0]["timestamp"].as_i64() <= w[1]["timestamp"].as_i64()));
+    // The same numbers as the whole result of the same range.
+    let whole: Json = gw
+        .post_json(
+            "/computations?wait=true",
+            json!({"program": PROGRAM, "start": from, "stop": to, "resolution": 1000}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    for s in whole["series"].as_array().unwrap() {
+        let region = &s["properties"]["region"];
+        for p in s["points"].as_array().unwrap() {
+            let row = rows.iter().find(|r| r["region"] == *region && r["timestamp"] == p[0]).expect("a row per point");
+            assert_eq!(row["value"], p[1]);
+        }
+    }
+    // CSV from the same chunks; a repeat and the CSV start no job.
+    let csv = infinity_get(&gw, PROGRAM, from, to, 1000, true).await;
+    assert_eq!(header(&csv, "content-type"), Some("text/csv; charset=utf-8"));
+    let lines: Vec<&str> = csv.body.lines().collect();
+    assert_eq!(lines[0], "timestamp,label,metric,region,value");
+    assert_eq!(lines.len(), 1 + 2 * 60);
+    assert_eq!(jobs_started(&gw).await, before + 1);
+    assert!(header(&csv, "age").is_some());
+    // The dashboard refreshes 30 s later: one job, for the new range only.
+    let refreshed = infinity_get(&gw, PROGRAM, from + 30_000, to + 30_000, 1000, false).await;
+    assert_eq!(refreshed.status, 200);
+    assert_eq!(jobs_started(&gw).await, before + 2);
+    assert_eq!(serde_json::from_str::<Json>(&refreshed.body).unwrap().as_array().unwrap().len(), 2 * 60);
+    // Grafana's interval may be finer than 1 s: raised to 1 s.
+    let fine = infinity_get(&gw, PROGRAM, from, to, 200, false).await;
+    assert_eq!(fine.status, 200, "{}", fine.body);
+    assert_eq!(fine.body, json_answer.body);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn query_refuses_bad_input_with_problems() {
+    let gw = spawn_gateway(cache_settings()).await;
+    let program = query_value(PROGRAM);
+    for (path, status) in [
+        (format!("/query?program={program}&start=-1m"), 422),
+        (format!("/query?program={program}&start=-2m&stop=-1m&format=xml"), 400),
+        (format!("/query?program={program}&start=-2m&stop=-1m&step=10"), 400),
+        (format!("/query?program={program}&start=-2m&stop=-1m&resolution=-5"), 400),
+        (format!("/query?program={program}&start=-2m&stop=-1m&cache=maybe"), 400),
+        ("/query?start=-2m&stop=-1m".to_owned(), 400),
+        (format!("/query?program={}&start=-2m&stop=-1m", query_value("data(")), 400),
+    ] {
+        let r = gw.http.get(gw.url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json", "{path}");
+    }
+    gw.stop().await;
+}
