@@ -87,13 +87,18 @@ impl Application {
         let hub = Hub::new(pools, hub_settings, cancel.child_token());
         warn_if_exposed(&settings);
         let settings = Arc::new(settings);
-        let metrics = Arc::new(crate::metrics::Metrics::new(hub.clone()));
+        let cache = Arc::new(crate::cache::ResultsCache::new(settings.cache.clone()));
+        let cache_stats = {
+            let cache = cache.clone();
+            move || cache.stats()
+        };
+        let metrics = Arc::new(crate::metrics::Metrics::new(hub.clone(), cache_stats));
         let http_settings = Arc::new(HttpSettings {
             auth: settings.auth.clone(),
             cors: settings.cors.clone(),
             websocket: settings.websocket.clone(),
         });
-        let state = AppState { hub: hub.clone(), settings: http_settings, metrics };
+        let state = AppState { hub: hub.clone(), settings: http_settings, metrics, cache };
         let mut router = http::router(state);
         if let Some(sim) = &simulator {
             router = router.merge(simulator::control::routes(sim.state.clone()));

@@ -38,6 +38,8 @@ pub struct Settings {
     pub tenancy: TenancySettings,
     pub websocket: WebsocketSettings,
     pub tls: TlsSettings,
+    /// The results cache for bounded queries (`cache.*`).
+    pub cache: crate::cache::CacheSettings,
     /// Longest a graceful shutdown may take.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -57,6 +59,7 @@ impl Default for Settings {
             tenancy: TenancySettings::default(),
             websocket: WebsocketSettings::default(),
             tls: TlsSettings::default(),
+            cache: crate::cache::CacheSettings::default(),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -161,6 +164,7 @@ impl Settings {
             !self.cors.allows_any() || self.auth.api_keys.is_empty(),
             "cors.allowed_origins: `*` is only allowed without auth.api_keys",
         );
+        self.cache.check(&mut problems);
         let problems = problems.into_vec();
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
     }
@@ -262,6 +266,8 @@ mod tests {
             "websocket.outbound_queue",
             "simulator.keepalive_interval",
             "drain_timeout",
+            "cache.max_bytes",
+            "cache.fresh_margin",
         ] {
             assert!(paths.iter().any(|p| p == name), "{name} missing from the dump: {paths:?}");
         }

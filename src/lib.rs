@@ -13,6 +13,8 @@
 //! - [`http`]: the HTTP API (axum) — routes, streams, problem bodies, and the browser console
 //!   (its static files in `web/`, embedded at build time), and the SignalFlow websocket protocol
 //!   served to clients; it knows nothing of the upstream sockets.
+//! - [`cache`]: the results cache for bounded queries (chunks aligned to the resolution,
+//!   byte-bounded LRU, in-flight sharing).
 //! - [`hub`]: computations and fan-out — sharing, replay ring, subscriber queues. Knows nothing
 //!   of HTTP.
 //! - [`upstream`]: the pooled, self-healing SignalFlow websocket client.
@@ -26,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod cache;
 pub mod clock;
 pub mod config;
 #[doc(hidden)]

@@ -7,6 +7,7 @@
 //! HTTP requests are labelled by route template (`/computations/{id}`), never the raw URI, so
 //! the label set is bounded by the routes; unknown routes share one `unmatched` label.
 
+use crate::cache::CacheStats;
 use crate::hub::{Hub, LATENCY_BUCKETS_US, Pools};
 use crate::upstream::pool::PoolStats;
 use prometheus_client::collector::Collector;
@@ -37,7 +38,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(hub: Hub) -> Self {
+    /// `cache_stats` reads the results cache's counters at scrape time.
+    pub fn new(hub: Hub, cache_stats: impl Fn() -> CacheStats + Send + Sync + 'static) -> Self {
         let mut registry = Registry::default();
         let http_requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -46,6 +48,7 @@ impl Metrics {
             http_requests.clone(),
         );
         registry.register_collector(Box::new(GatewayCollector { hub }));
+        registry.register_collector(Box::new(CacheCollector(Box::new(cache_stats))));
         Self { registry, http_requests }
     }
 
@@ -169,6 +172,38 @@ impl Collector for GatewayCollector {
                 None,
             )?;
         encode_upstream(&mut encoder, hub.pools())
+    }
+}
+
+/// The results cache's counters and size.
+struct CacheCollector(Box<dyn Fn() -> CacheStats + Send + Sync>);
+
+impl std::fmt::Debug for CacheCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheCollector")
+    }
+}
+
+impl Collector for CacheCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let stats = (self.0)();
+        let counters: [(&str, &str, u64); 6] = [
+            ("sfgw_cache_hits", "Result chunks answered from the cache", stats.hits),
+            ("sfgw_cache_misses", "Result chunks fetched upstream", stats.misses),
+            ("sfgw_cache_jobs", "Upstream jobs run by the results cache", stats.jobs),
+            (
+                "sfgw_cache_jobs_saved",
+                "Bounded queries answered without an upstream job of their own (stored or shared in flight)",
+                stats.jobs_saved,
+            ),
+            ("sfgw_cache_bypassed", "Bounded queries that bypassed the cache", stats.bypassed),
+            ("sfgw_cache_evictions", "Chunks evicted to hold the byte bound", stats.evictions),
+        ];
+        for (name, help, value) in counters {
+            counter(&mut encoder, name, help, value)?;
+        }
+        gauge(&mut encoder, "sfgw_cache_bytes", "Estimated bytes of the stored chunks", stats.bytes as i64)?;
+        gauge(&mut encoder, "sfgw_cache_entries", "Stored chunks", stats.entries as i64)
     }
 }
 

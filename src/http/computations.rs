@@ -27,6 +27,8 @@ pub struct CreateBody {
     pub timezone: Option<String>,
     /// `false` opts out of sharing an identical live computation.
     pub share: Option<bool>,
+    /// `false`: a `?wait=true` query bypasses the results cache.
+    pub cache: Option<bool>,
 }
 
 impl CreateBody {
@@ -86,11 +88,12 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Response, ApiError> {
+    let use_cache = body.cache.unwrap_or(true);
     let (raw, share) = body.into_raw();
     // `?wait` with no value means yes.
     let wait = super::parse_flag(query.wait.as_deref(), Some(true)).map_err(|e| ApiError::invalid("wait", e))?;
     if wait == Some(true) {
-        return super::results::whole_result(&state, &tenant, raw, &headers).await;
+        return super::results::whole_result(&state, &tenant, raw, &headers, use_cache).await;
     }
     if let Some(format) = super::events::stream_format(&headers) {
         let (entry, _) = create_entry(&state, &tenant, raw, share).await?;

@@ -4,7 +4,10 @@
 //! - [`computations`]: create/share, list, read, stop, metadata.
 //! - [`events`]: the SSE / NDJSON streams.
 //! - [`compat`]: the SignalFlow REST/SSE API (`/v2/signalflow/…`) for existing SSE clients.
-//! - [`results`]: whole results of bounded queries as JSON or CSV.
+//! - [`results`]: whole results of bounded queries as JSON or CSV, through the results cache.
+//! - [`query`]: `GET /query`, bounded queries in one URL as long-format JSON or CSV (Grafana
+//!   Infinity), through the results cache.
+//! - [`latest`]: the last value of every series, as JSON or Prometheus text, for pollers.
 //! - [`signalflow_ws`]: the SignalFlow websocket protocol (`/v2/signalflow/connect`) for every
 //!   official client.
 //! - [`health`]: liveness, readiness and `/metrics`.
@@ -21,6 +24,8 @@ pub mod console;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod latest;
+pub mod query;
 pub mod results;
 pub mod signalflow_ws;
 
@@ -37,6 +42,8 @@ pub struct AppState {
     pub hub: Hub,
     pub settings: Arc<HttpSettings>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The results cache of bounded queries (its shared jobs end with an API error).
+    pub cache: Arc<crate::cache::ResultsCache<error::ApiError>>,
 }
 
 /// The HTTP layer's share of the settings (the hub's own are at `hub.settings()`).
@@ -72,6 +79,9 @@ fn routes() -> Routes {
         .route("/computations/{id}", &["GET", "DELETE"], get(computations::read).delete(computations::stop))
         .route("/computations/{id}/events", &["GET"], get(events::events))
         .route("/computations/{id}/metadata", &["GET"], get(computations::metadata))
+        .route("/computations/{id}/latest", &["GET"], get(latest::read))
+        .route("/latest", &["GET"], get(latest::by_program))
+        .route("/query", &["GET"], get(query::query))
         .route("/computations/{id}/metadata/{tsid}", &["GET"], get(computations::one_metadata))
         .route("/healthz", &["GET"], get(health::healthz))
         .route("/readyz", &["GET"], get(health::readyz))

@@ -1,10 +1,18 @@
 //! Whole results: `POST /computations?wait=true` answers when a bounded query ends, as JSON or
 //! (with `Accept: text/csv`) CSV — one column per series with a readable header, one row per
 //! timestamp, empty cells for missing points.
+//!
+//! Queries with an explicit resolution go through the results cache ([`crate::cache`]): stored
+//! chunks are read, the missing ranges run as upstream jobs (identical ones in flight shared),
+//! and the parts are stitched into the result an uncached job would give. `"cache": false` in
+//! the body or `Cache-Control: no-cache` on the request bypasses it. Every answer carries
+//! `Cache-Control` (and `Age` when stored chunks were used).
 
 use super::AppState;
 use super::computations::create_entry;
 use super::error::ApiError;
+use crate::cache::chunk::{self, JobInfo, JobOutput, Segment};
+use crate::cache::{CacheKey, Plan};
 use crate::hub::result::{CollectError, CollectedResult, ResultLimits, SeriesResult, collect};
 use crate::hub::{ComputationSpec, Entry, RawSpec, Tenant};
 use crate::protocol::Value as PointValue;
@@ -13,49 +21,257 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use std::fmt::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-/// Runs a bounded query to its end and answers with the whole result.
+/// A bounded query's whole result, from the cache or its own job, with its header fields.
+pub struct Bounded {
+    /// The computation that produced it (the newest one, for a stitched result).
+    pub id: String,
+    pub program: String,
+    pub start: Option<i64>,
+    pub stop: Option<i64>,
+    pub info: Arc<JobInfo>,
+    pub result: CollectedResult,
+    pub freshness: Freshness,
+}
+
+/// How the cache took part in an answer, for its `Cache-Control` and `Age`.
+pub struct Freshness {
+    /// Age of the oldest stored chunk used; `None` when none was.
+    pub age: Option<Duration>,
+    /// The whole range lies before the fresh edge: the answer will not change.
+    pub settled: bool,
+}
+
+fn limits(state: &AppState) -> ResultLimits {
+    ResultLimits {
+        max_points: state.hub.settings().limits.max_result_points,
+        max_series: state.hub.settings().limits.max_result_series,
+    }
+}
+
+/// Runs a bounded query to its end (or reads it from the cache) and answers with the whole
+/// result.
 pub async fn whole_result(
     state: &AppState,
     tenant: &Tenant,
     raw: RawSpec,
     headers: &HeaderMap,
+    use_cache: bool,
 ) -> Result<Response, ApiError> {
+    let bounded = bounded(state, tenant, raw, headers, use_cache).await?;
+    let wants_csv = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/csv"));
+    let response = if wants_csv { csv_response(&bounded.result) } else { json_response(&bounded) };
+    Ok(with_cache_headers(state, response, &bounded.freshness))
+}
+
+/// The whole result of a bounded query: through the results cache when it takes the query
+/// (an explicit resolution, not `immediate`, not bypassed), otherwise as its own job.
+pub async fn bounded(
+    state: &AppState,
+    tenant: &Tenant,
+    raw: RawSpec,
+    headers: &HeaderMap,
+    use_cache: bool,
+) -> Result<Bounded, ApiError> {
     let now = crate::clock::now_ms();
     let spec = ComputationSpec::from_raw(raw.clone(), state.hub.settings().limits.max_program_bytes, now)?;
     let max_wait = state.hub.settings().stream.max_wait;
     let Some(stop) = spec.stop.map(|s| s.resolve(now)) else {
-        return Err(unprocessable("wait=true needs a bounded query: give a stop"));
+        return Err(unprocessable("a whole result needs a bounded query: give a stop"));
     };
     if stop > now + max_wait.as_millis() as i64 {
         let detail = format!("the query ends more than {} from now", humantime::format_duration(max_wait));
         return Err(unprocessable(&detail));
     }
+    let edge = state.cache.fresh_edge(now, spec.max_delay_ms);
+    let bypass = !use_cache || !state.cache.settings.enabled || asks_no_cache(headers);
+    let cacheable = match (bypass, spec.start) {
+        (false, Some(start)) => CacheKey::for_spec(&spec, &tenant.id).map(|k| (k, start.resolve(now))),
+        _ => None,
+    };
+    let Some(((key, resolution), start)) = cacheable else {
+        state.cache.count_bypass();
+        let (entry, result) = run_uncached(state, tenant, raw).await?;
+        let execute = entry.spec.to_execute(entry.created_at_ms);
+        let info = Arc::new(job_info(&entry, result.messages.clone()));
+        return Ok(Bounded {
+            id: entry.id.clone(),
+            program: entry.spec.program.clone(),
+            start: execute.start,
+            stop: execute.stop,
+            info,
+            result,
+            freshness: Freshness { age: None, settled: stop <= edge },
+        });
+    };
+    let plan = state.cache.plan(&key, resolution, start, stop, edge);
+    let (segments, age) = fetch_missing(state, tenant, &spec, &key, &plan).await?;
+    let stitched = chunk::stitch(&segments, start, stop, limits(state)).map_err(too_large)?;
+    Ok(Bounded {
+        id: stitched.newest.id.clone(),
+        program: spec.program,
+        start: Some(start),
+        stop: Some(stop),
+        info: stitched.newest,
+        result: stitched.result,
+        freshness: Freshness { age, settled: stop <= edge },
+    })
+}
+
+/// `Cache-Control: no-cache` (or `no-store`) on the request.
+fn asks_no_cache(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').map(|d| d.trim().to_ascii_lowercase()).any(|d| d == "no-cache" || d == "no-store"))
+}
+
+/// Reads the stored chunks of `plan` and runs a job for each missing range (sharing identical
+/// ones in flight); the parts in time order, and the age of the oldest stored chunk used.
+async fn fetch_missing(
+    state: &AppState,
+    tenant: &Tenant,
+    spec: &ComputationSpec,
+    key: &CacheKey,
+    plan: &Plan,
+) -> Result<(Vec<Segment>, Option<Duration>), ApiError> {
+    let cache = &state.cache;
+    let stored = plan.chunks.iter().filter(|(_, c)| c.is_some()).count();
+    cache.count_hits(stored);
+    cache.count_misses(plan.chunks.len() - stored);
+    let mut fetched: Vec<((i64, i64), Arc<JobOutput>)> = Vec::new();
+    let mut ran_any = false;
+    for &(from, to) in &plan.fetch {
+        let job = || run_job(state, tenant, spec, from, to);
+        let (outcome, ran) = cache.jobs.run((key.clone(), from, to), job).await;
+        let output = outcome?;
+        if ran {
+            ran_any = true;
+            cache.count_job();
+            cache.store_output(key, &output, plan.chunk_ms, plan.fresh_edge);
+        }
+        fetched.push(((from, to), output));
+    }
+    if !ran_any {
+        cache.count_saved();
+    }
+    let mut segments: Vec<Segment> = Vec::new();
+    let mut oldest: Option<Instant> = None;
+    for (begin, stored) in &plan.chunks {
+        if let Some(chunk) = stored {
+            oldest = Some(oldest.map_or(chunk.stored_at, |o| o.min(chunk.stored_at)));
+            segments.push(Segment::Stored(chunk.clone()));
+            continue;
+        }
+        let Some((_, output)) = fetched.iter().find(|((from, to), _)| *from < begin + plan.chunk_ms && *to > *begin)
+        else {
+            continue;
+        };
+        let already = matches!(segments.last(), Some(Segment::Fetched(last)) if Arc::ptr_eq(last, output));
+        if !already {
+            segments.push(Segment::Fetched(output.clone()));
+        }
+    }
+    Ok((segments, oldest.map(|o| o.elapsed())))
+}
+
+/// One upstream job over `[from, to)` with the query's options, collected as rows.
+async fn run_job(
+    state: &AppState,
+    tenant: &Tenant,
+    spec: &ComputationSpec,
+    from: i64,
+    to: i64,
+) -> Result<Arc<JobOutput>, ApiError> {
+    let raw = RawSpec {
+        program: Some(spec.program.clone()),
+        start: Some(json!(from)),
+        stop: Some(json!(to)),
+        resolution: spec.resolution_ms.map(Into::into),
+        max_delay: spec.max_delay_ms.map(Into::into),
+        immediate: Some(spec.immediate),
+        timezone: spec.timezone.clone(),
+    };
+    let (entry, _) = create_entry(state, tenant, raw, false).await?;
+    let deadline = state.hub.settings().stream.max_wait + state.hub.settings().stream.start_wait;
+    match tokio::time::timeout(deadline, chunk::collect_rows(&entry, from, to, limits(state))).await {
+        Ok(Ok(output)) => Ok(Arc::new(output)),
+        Ok(Err(error)) => Err(collect_error(state, &entry, error).await),
+        Err(_) => Err(timed_out(state, &entry).await),
+    }
+}
+
+/// The query as its own job, collected by the hub (the cache bypassed).
+async fn run_uncached(
+    state: &AppState,
+    tenant: &Tenant,
+    raw: RawSpec,
+) -> Result<(Arc<Entry>, CollectedResult), ApiError> {
     // Never shared: a joiner might not see the start of a shared computation.
     let (entry, _) = create_entry(state, tenant, raw, false).await?;
-    let limits = ResultLimits {
-        max_points: state.hub.settings().limits.max_result_points,
-        max_series: state.hub.settings().limits.max_result_series,
+    let deadline = state.hub.settings().stream.max_wait + state.hub.settings().stream.start_wait;
+    match tokio::time::timeout(deadline, collect(&entry, limits(state))).await {
+        Ok(Ok(result)) => Ok((entry, result)),
+        Ok(Err(error)) => Err(collect_error(state, &entry, error).await),
+        Err(_) => Err(timed_out(state, &entry).await),
+    }
+}
+
+async fn timed_out(state: &AppState, entry: &Entry) -> ApiError {
+    state.hub.stop(entry, "the whole-result wait timed out").await;
+    ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Timed out", "the query did not end in time")
+}
+
+fn job_info(entry: &Entry, messages: Vec<Value>) -> JobInfo {
+    let state = entry.control.state();
+    JobInfo {
+        id: entry.id.clone(),
+        resolution_ms: state.resolution_ms,
+        max_delay_ms: state.max_delay_ms,
+        lag_ms: state.lag_ms,
+        limited_result_set: state.limited_result_set,
+        messages,
+    }
+}
+
+fn too_large(error: CollectError) -> ApiError {
+    match error {
+        CollectError::TooLarge { what, limit } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "result-too-large",
+            "Result too large",
+            format!("{what} is {limit}"),
+        )
+        .with("limit", limit),
+        other => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "computation-failed",
+            "The computation did not complete",
+            other.to_string(),
+        ),
+    }
+}
+
+/// `Cache-Control` (and `Age` when stored chunks were used) on a whole-result answer.
+pub fn with_cache_headers(state: &AppState, mut response: Response, freshness: &Freshness) -> Response {
+    let headers = response.headers_mut();
+    let age = freshness.age.map_or(0, |a| a.as_secs());
+    let control = if freshness.settled {
+        let max_age = state.cache.settings.max_age.as_secs().saturating_sub(age);
+        format!("private, max-age={max_age}")
+    } else {
+        "private, no-cache".to_owned()
     };
-    let deadline = max_wait + state.hub.settings().stream.start_wait;
-    let collected = match tokio::time::timeout(deadline, collect(&entry, limits)).await {
-        Ok(result) => result,
-        Err(_) => {
-            state.hub.stop(&entry, "the whole-result wait timed out").await;
-            return Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                "Timed out",
-                "the query did not end in time",
-            ));
-        }
-    };
-    let result = match collected {
-        Ok(result) => result,
-        Err(error) => return Err(collect_error(state, &entry, error).await),
-    };
-    let wants_csv = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/csv"));
-    Ok(if wants_csv { csv_response(&result) } else { json_response(&entry, &result) })
+    if let Ok(value) = HeaderValue::from_str(&control) {
+        headers.insert(header::CACHE_CONTROL, value);
+    }
+    if freshness.age.is_some() {
+        headers.insert(header::AGE, HeaderValue::from(age));
+    }
+    response
 }
 
 fn unprocessable(detail: &str) -> ApiError {
@@ -91,8 +307,8 @@ async fn collect_error(state: &AppState, entry: &Entry, error: CollectError) -> 
     }
 }
 
-fn json_response(entry: &Entry, result: &CollectedResult) -> Response {
-    let state = entry.control.state();
+fn json_response(bounded: &Bounded) -> Response {
+    let result = &bounded.result;
     let series: Vec<Value> = result
         .series
         .iter()
@@ -101,16 +317,16 @@ fn json_response(entry: &Entry, result: &CollectedResult) -> Response {
             json!({ "tsId": s.tsid, "properties": s.properties, "points": points })
         })
         .collect();
-    let execute = entry.spec.to_execute(entry.created_at_ms);
+    let info = &bounded.info;
     let body = json!({
-        "id": entry.id,
-        "program": entry.spec.program,
-        "start": execute.start,
-        "stop": execute.stop,
-        "resolutionMs": state.resolution_ms,
-        "maxDelayMs": state.max_delay_ms,
-        "lagMs": state.lag_ms,
-        "limitedResultSet": state.limited_result_set.map(|(matched, limit)| json!({ "matched": matched, "limit": limit })),
+        "id": bounded.id,
+        "program": bounded.program,
+        "start": bounded.start,
+        "stop": bounded.stop,
+        "resolutionMs": info.resolution_ms,
+        "maxDelayMs": info.max_delay_ms,
+        "lagMs": info.lag_ms,
+        "limitedResultSet": info.limited_result_set.map(|(matched, limit)| json!({ "matched": matched, "limit": limit })),
         "series": series,
         "events": result.events,
         "messages": result.messages,

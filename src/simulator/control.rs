@@ -15,6 +15,7 @@
 //! | `POST /_sim/program-errors` `{program, message}` | executing it yields that error |
 //! | `DELETE /_sim/fixtures` | forget every fixture |
 //! | `GET /_sim/stats`, `GET /_sim/inventory` | counters; metrics and series counts |
+//! | `GET /_sim/history[?program=P&limit=N]` / `DELETE` | jobs run, oldest first (bounded) / forget them |
 
 use super::fixtures::FixturesFull;
 use super::job::Ending;
@@ -66,6 +67,7 @@ pub fn routes(state: Arc<SimState>) -> Router {
         .route("/_sim/series/{tsid}/value", put(set_value).delete(remove_value))
         .route("/_sim/program-errors", post(add_program_error))
         .route("/_sim/fixtures", axum::routing::delete(clear_fixtures))
+        .route("/_sim/history", get(history).delete(clear_history))
         .route("/_sim/stats", get(stats))
         .route("/_sim/inventory", get(inventory))
         .with_state(state)
@@ -89,6 +91,32 @@ async fn jobs(State(state): State<Arc<SimState>>, Query(q): Query<JobsQuery>) ->
         })
         .collect();
     Json(Value::Array(jobs))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    program: Option<String>,
+    /// The newest this many (after the program filter).
+    limit: Option<usize>,
+}
+
+/// The jobs run, oldest first: what each asked for (start, stop, resolution…) and its plan.
+async fn history(State(state): State<Arc<SimState>>, Query(q): Query<HistoryQuery>) -> Json<Value> {
+    let mut jobs: Vec<_> = state
+        .history()
+        .into_iter()
+        .filter(|j| q.program.as_deref().is_none_or(|p| p.trim() == j.program.trim()))
+        .collect();
+    if let Some(limit) = q.limit {
+        jobs.drain(..jobs.len().saturating_sub(limit));
+    }
+    Json(json!({ "limit": state.config.history_limit, "jobs": jobs }))
+}
+
+async fn clear_history(State(state): State<Arc<SimState>>) -> StatusCode {
+    state.clear_history();
+    StatusCode::NO_CONTENT
 }
 
 async fn connections(State(state): State<Arc<SimState>>) -> Json<Value> {

@@ -8,7 +8,7 @@
 use super::job::{Ending, JobRun, JobStop, Timeline};
 use super::language::{self, EvalOptions, ProgramError};
 use super::source::JobSource;
-use super::state::{JobEntry, SimState};
+use super::state::{HistoryEntry, JobEntry, SimState};
 use crate::clock::now_ms;
 use crate::protocol::error_message::ErrorMessage;
 use crate::protocol::messages::{
@@ -204,6 +204,21 @@ impl RequestHandler {
         }
         let handle = self.state.new_handle();
         let Some((source, timeline)) = self.prepare(&request, &handle).await else { return Ok(()) };
+        self.state.record_history(HistoryEntry {
+            seq: 0,
+            handle: handle.clone(),
+            program: request.program.clone(),
+            kind: if preflight { "preflight" } else { "execute" },
+            start: request.start,
+            stop: request.stop,
+            resolution: request.resolution,
+            max_delay: request.max_delay,
+            immediate: request.immediate.unwrap_or(false),
+            resolution_ms: timeline.resolution_ms,
+            first_timestamp_ms: timeline.first_ms,
+            stop_ms: timeline.stop_ms,
+            started_at_ms: now_ms(),
+        });
         self.launch(handle, channel, &request.program, source, timeline, preflight, request.compress);
         Ok(())
     }

@@ -45,6 +45,8 @@ pub struct SimulatorConfig {
     pub org_id: String,
     pub user_id: String,
     pub inventory: Arc<Inventory>,
+    /// Jobs kept in the history (`GET /_sim/history`); the oldest are forgotten first.
+    pub history_limit: usize,
 }
 
 impl Default for SimulatorConfig {
@@ -61,6 +63,7 @@ impl Default for SimulatorConfig {
             org_id: "SimOrgAAAAA".into(),
             user_id: "SimUserAAAA".into(),
             inventory: Arc::new(Inventory::demo()),
+            history_limit: 1000,
         }
     }
 }
@@ -151,6 +154,37 @@ pub struct JobEntry {
     pub stop: Arc<super::job::JobStop>,
 }
 
+/// One job the simulator ran (or is running), as the history records it: what was asked and
+/// what the job ran with.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// Position in the history since the simulator started (1, 2, …): never reused.
+    pub seq: u64,
+    pub handle: String,
+    pub program: String,
+    /// `execute` or `preflight`.
+    pub kind: &'static str,
+    /// As requested (epoch ms; `None`: now / until stopped).
+    pub start: Option<i64>,
+    pub stop: Option<i64>,
+    pub resolution: Option<i64>,
+    pub max_delay: Option<i64>,
+    pub immediate: bool,
+    /// The job's plan: its resolution, first logical timestamp and end (exclusive).
+    pub resolution_ms: i64,
+    pub first_timestamp_ms: i64,
+    pub stop_ms: Option<i64>,
+    pub started_at_ms: i64,
+}
+
+/// The bounded history of jobs run, oldest first.
+#[derive(Debug, Default)]
+struct History {
+    entries: std::collections::VecDeque<HistoryEntry>,
+    next_seq: u64,
+}
+
 /// Job-start rate limiting per token: timestamps of recent starts.
 #[derive(Debug, Default)]
 struct StartLog {
@@ -166,6 +200,7 @@ pub struct SimState {
     connections: Mutex<BTreeMap<u64, ConnectionEntry>>,
     jobs: Mutex<BTreeMap<String, JobEntry>>,
     starts: Mutex<StartLog>,
+    history: Mutex<History>,
     next_connection: AtomicU64,
     next_handle: AtomicU64,
     handle_seed: u64,
@@ -193,6 +228,7 @@ impl SimState {
             connections: Mutex::new(BTreeMap::new()),
             jobs: Mutex::new(BTreeMap::new()),
             starts: Mutex::new(StartLog::default()),
+            history: Mutex::new(History::default()),
             next_connection: AtomicU64::new(1),
             next_handle: AtomicU64::new(1),
             handle_seed: seed,
@@ -257,6 +293,32 @@ impl SimState {
 
     pub fn jobs(&self) -> Vec<JobEntry> {
         self.jobs.lock().values().cloned().collect()
+    }
+
+    /// Adds a job to the history (its `seq` is assigned here), forgetting the oldest past
+    /// `history_limit`.
+    pub fn record_history(&self, mut entry: HistoryEntry) {
+        let limit = self.config.history_limit;
+        let mut history = self.history.lock();
+        history.next_seq += 1;
+        entry.seq = history.next_seq;
+        if limit == 0 {
+            return;
+        }
+        while history.entries.len() >= limit {
+            history.entries.pop_front();
+        }
+        history.entries.push_back(entry);
+    }
+
+    /// The history, oldest first.
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        self.history.lock().entries.iter().cloned().collect()
+    }
+
+    /// Forgets the history (sequence numbers go on).
+    pub fn clear_history(&self) {
+        self.history.lock().entries.clear();
     }
 
     /// Records a job start for `token` if the per-minute limit allows it.

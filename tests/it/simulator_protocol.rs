@@ -338,3 +338,39 @@ async fn removed_values_leave_the_data_and_expire_the_series() {
     let ServerMessage::Data(d) = client.next_message().await else { panic!("data follows") };
     assert_eq!(d.body.points.iter().map(|p| p.tsid.to_string()).collect::<Vec<_>>(), [A]);
 }
+
+#[tokio::test]
+async fn history_records_each_job_run_with_its_range_and_is_bounded() {
+    let config = SimulatorConfig { history_limit: 2, ..Default::default() };
+    let sim = spawn_simulator(config, Faults::default()).await;
+    let control = Control::new(&sim);
+    let program = "data('cpu.utilization').publish()";
+    let mut client = WsClient::connect_authenticated(&sim.ws_url()).await;
+    for (i, offset) in [0_i64, 10_000, 20_000].into_iter().enumerate() {
+        let channel = format!("h-{i}");
+        let start = START + offset;
+        client
+            .send(json!({"type": "execute", "channel": channel, "program": program, "start": start,
+                         "stop": start + 3_000, "resolution": 1000}))
+            .await;
+        client.collect_channel(&channel).await;
+    }
+    let history = control.get("/history").await;
+    assert_eq!(history["limit"], 2);
+    let jobs = history["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2, "bounded to the newest two: {history}");
+    let ranges: Vec<(i64, i64, i64)> = jobs
+        .iter()
+        .map(|j| (j["start"].as_i64().unwrap(), j["stop"].as_i64().unwrap(), j["seq"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(ranges, [(START + 10_000, START + 13_000, 2), (START + 20_000, START + 23_000, 3)]);
+    assert!(jobs.iter().all(|j| j["program"] == program && j["resolution"] == 1000 && j["kind"] == "execute"));
+    assert_eq!(jobs[1]["firstTimestampMs"], START + 20_000);
+    assert_eq!(jobs[1]["resolutionMs"], 1000);
+    // Filtered by program and limited to the newest.
+    let url = format!("/history?program={}&limit=1", query_value(program));
+    assert_eq!(control.get(&url).await["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(control.get("/history?program=other").await["jobs"], json!([]));
+    assert_eq!(control.send(reqwest::Method::DELETE, "/history", json!(null)).await, 204);
+    assert_eq!(control.get("/history").await["jobs"], json!([]));
+}

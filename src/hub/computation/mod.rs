@@ -8,13 +8,14 @@
 use super::HubInner;
 use super::spec::{ComputationSpec, SpecKey};
 use super::stream::{Framing, Subscription};
-use crate::protocol::Tsid;
 use crate::protocol::metadata::MetadataMessage;
+use crate::protocol::{Tsid, Value};
 use crate::upstream::{ComputationControl, EventReceiver, Terminal};
 use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
 mod pump;
@@ -62,6 +63,13 @@ pub struct Entry {
     /// Nothing evicted from the replay ring yet: a joiner can see everything from the start.
     pub ring_complete: AtomicBool,
     metadata: Mutex<HashMap<Tsid, Arc<MetadataMessage>>>,
+    /// Each series' last value and its logical timestamp (bounded as the metadata is).
+    latest: Mutex<HashMap<Tsid, (i64, Value)>>,
+    /// The newest logical timestamp with data (`None` before the first).
+    latest_ms: watch::Sender<Option<i64>>,
+    /// The last read of the latest values: it keeps a computation nobody streams from alive
+    /// as a subscriber would (until the idle timeout after the last read).
+    polled_at: Mutex<Option<Instant>>,
 }
 
 impl Phase {
@@ -102,6 +110,27 @@ impl Entry {
     /// One series' metadata.
     pub fn series_metadata(&self, tsid: Tsid) -> Option<Arc<MetadataMessage>> {
         self.metadata().get(&tsid).cloned()
+    }
+
+    /// Every series' last value and logical timestamp, by series id.
+    pub fn latest_values(&self) -> Vec<(Tsid, i64, Value)> {
+        let mut all: Vec<(Tsid, i64, Value)> = self.latest.lock().iter().map(|(k, (t, v))| (*k, *t, *v)).collect();
+        all.sort_unstable_by_key(|(tsid, _, _)| *tsid);
+        all
+    }
+
+    /// Watches the newest logical timestamp with data.
+    pub fn watch_latest(&self) -> watch::Receiver<Option<i64>> {
+        self.latest_ms.subscribe()
+    }
+
+    /// Records a read of the latest values: the idle timeout counts from the last one.
+    pub fn touch(&self) {
+        *self.polled_at.lock() = Some(Instant::now());
+    }
+
+    fn polled_at(&self) -> Option<Instant> {
+        *self.polled_at.lock()
     }
 
     /// Asks the pump for a subscription.
@@ -149,6 +178,9 @@ pub fn start(hub: &Arc<HubInner>, new: NewComputation) -> Arc<Entry> {
         last_seq: AtomicU64::new(0),
         ring_complete: AtomicBool::new(true),
         metadata: Mutex::new(HashMap::new()),
+        latest: Mutex::new(HashMap::new()),
+        latest_ms: watch::Sender::new(None),
+        polled_at: Mutex::new(None),
     });
     let pump = pump::Pump::new(entry.clone(), hub.clone());
     hub.tracker.spawn(pump.run(events, commands));

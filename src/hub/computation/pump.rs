@@ -85,7 +85,10 @@ impl Pump {
                     if self.ended_at.is_some() {
                         break;
                     }
-                    self.idle_stop().await;
+                    // A read of the latest values since the sleep began moves the deadline.
+                    if self.deadline() <= Instant::now() {
+                        self.idle_stop().await;
+                    }
                 }
             }
             if shutdown.is_cancelled() && self.ended_at.is_some() {
@@ -104,7 +107,14 @@ impl Pump {
         }
         match (self.empty_since, self.stop_sent) {
             (Some(since), false) => {
-                since + if self.had_subscribers { settings.stream.linger } else { settings.stream.idle_timeout }
+                let wait = if self.had_subscribers { settings.stream.linger } else { settings.stream.idle_timeout };
+                // A read of the latest values holds it like a subscriber, for the idle timeout.
+                match self.entry.polled_at() {
+                    Some(polled) if polled + settings.stream.idle_timeout > since + wait => {
+                        polled + settings.stream.idle_timeout
+                    }
+                    _ => since + wait,
+                }
             }
             _ => Instant::now() + Duration::from_secs(86_400),
         }
@@ -170,8 +180,10 @@ impl Pump {
             }
             UpstreamEvent::Expired(tsid) => {
                 self.entry.metadata().remove(tsid);
+                self.entry.latest.lock().remove(tsid);
                 self.snapshot.remove(tsid);
             }
+            UpstreamEvent::Data(batch) => self.keep_latest(batch),
             _ => {}
         }
         let seq = self.next_seq();
@@ -184,6 +196,27 @@ impl Pump {
             self.end(terminal);
         }
         self.hub.stats.record_latency(started.elapsed());
+    }
+
+    /// Keeps each series' last value (for `/latest`), bounded by the series limit.
+    fn keep_latest(&self, batch: &crate::upstream::Batch) {
+        let t = batch.logical_timestamp_ms;
+        {
+            let max = self.hub.settings.limits.max_series_per_computation;
+            let mut latest = self.entry.latest.lock();
+            for p in &batch.points {
+                if latest.len() < max || latest.contains_key(&p.tsid) {
+                    latest.insert(p.tsid, (t, p.value));
+                }
+            }
+        }
+        self.entry.latest_ms.send_if_modified(|newest| {
+            let newer = newest.is_none_or(|n| t > n);
+            if newer {
+                *newest = Some(t);
+            }
+            newer
+        });
     }
 
     fn set_phase(&self, phase: Phase) {
