@@ -268,6 +268,8 @@ mod tests {
             "drain_timeout",
             "cache.max_bytes",
             "cache.fresh_margin",
+            "cache.max_tails",
+            "cache.tail_wait",
         ] {
             assert!(paths.iter().any(|p| p == name), "{name} missing from the dump: {paths:?}");
         }

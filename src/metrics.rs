@@ -187,7 +187,7 @@ impl std::fmt::Debug for CacheCollector {
 impl Collector for CacheCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let stats = (self.0)();
-        let counters: [(&str, &str, u64); 6] = [
+        let counters: [(&str, &str, u64); 10] = [
             ("sfgw_cache_hits", "Result chunks answered from the cache", stats.hits),
             ("sfgw_cache_misses", "Result chunks fetched upstream", stats.misses),
             ("sfgw_cache_jobs", "Upstream jobs run by the results cache", stats.jobs),
@@ -198,12 +198,25 @@ impl Collector for CacheCollector {
             ),
             ("sfgw_cache_bypassed", "Bounded queries that bypassed the cache", stats.bypassed),
             ("sfgw_cache_evictions", "Chunks evicted to hold the byte bound", stats.evictions),
+            ("sfgw_cache_tails_started", "Standing tail computations started", stats.tails.started),
+            (
+                "sfgw_cache_tail_reads",
+                "Queries whose unsettled stretch was read from a standing tail",
+                stats.tails.reads,
+            ),
+            (
+                "sfgw_cache_tail_fallbacks",
+                "Queries whose unsettled stretch ran as a job: the tail limit was reached, or the tail had not caught up",
+                stats.tails.fallbacks,
+            ),
+            ("sfgw_cache_tail_idle_stops", "Tail computations stopped after the idle timeout", stats.tails.idle_stops),
         ];
         for (name, help, value) in counters {
             counter(&mut encoder, name, help, value)?;
         }
         gauge(&mut encoder, "sfgw_cache_bytes", "Estimated bytes of the stored chunks", stats.bytes as i64)?;
-        gauge(&mut encoder, "sfgw_cache_entries", "Stored chunks", stats.entries as i64)
+        gauge(&mut encoder, "sfgw_cache_entries", "Stored chunks", stats.entries as i64)?;
+        gauge(&mut encoder, "sfgw_cache_tails", "Standing tail computations", stats.tails.standing as i64)
     }
 }
 

@@ -6,6 +6,8 @@
 //!   its split into chunks, and the stitching of chunks back into one result.
 //! - [`store`]: the chunks by key, bounded in bytes, least recently used evicted first.
 //! - [`coalesce`]: identical requests in flight share one upstream job.
+//! - [`tail`]: standing tail computations, which serve the unsettled end of a range (past the
+//!   fresh edge) without a job per refresh.
 //!
 //! Chunk `i` of a query with resolution `R` covers `[i·R·n, (i+1)·R·n)` with `n` =
 //! [`CacheSettings::chunk_points`]. A chunk is stored only when it ends at or before the fresh
@@ -15,6 +17,7 @@
 pub mod chunk;
 pub mod coalesce;
 pub mod store;
+pub mod tail;
 
 use crate::hub::ComputationSpec;
 use serde::{Deserialize, Serialize};
@@ -25,6 +28,7 @@ use std::time::Duration;
 pub use chunk::{Chunk, JobInfo, JobOutput, Segment};
 pub use coalesce::Coalescer;
 pub use store::Store;
+pub use tail::{Tail, TailStart, TailStats, Tails};
 
 /// `cache.*` settings.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -43,6 +47,13 @@ pub struct CacheSettings {
     /// `Cache-Control: max-age` of an answer that lies wholly before the fresh edge.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
+    /// Most standing tail computations at once (0: none; the stretch past the fresh edge then
+    /// runs as a job on every query). Beyond it a query runs its stretch as a job.
+    pub max_tails: usize,
+    /// How long a query waits for a tail computation to record its newest closed interval
+    /// before running the stretch as a job instead.
+    #[serde(with = "humantime_serde")]
+    pub tail_wait: Duration,
 }
 
 impl Default for CacheSettings {
@@ -53,6 +64,8 @@ impl Default for CacheSettings {
             chunk_points: 60,
             fresh_margin: Duration::from_secs(60),
             max_age: Duration::from_secs(3600),
+            max_tails: 100,
+            tail_wait: Duration::from_secs(5),
         }
     }
 }
@@ -92,6 +105,8 @@ pub struct CacheStats {
     pub bytes: usize,
     pub entries: usize,
     pub evictions: u64,
+    /// The standing tail computations.
+    pub tails: TailStats,
 }
 
 /// The normalised identity of a cached query, without its range: tenant, program,
@@ -137,6 +152,7 @@ pub struct ResultsCache<E> {
     store: parking_lot::Mutex<Store>,
     counters: CacheCounters,
     pub jobs: Coalescer<(CacheKey, i64, i64), Result<Arc<JobOutput>, E>>,
+    pub tails: Arc<Tails>,
 }
 
 impl<E: Clone> ResultsCache<E> {
@@ -147,6 +163,7 @@ impl<E: Clone> ResultsCache<E> {
             store: parking_lot::Mutex::new(store),
             counters: CacheCounters::default(),
             jobs: Coalescer::default(),
+            tails: Arc::default(),
         }
     }
 
@@ -241,6 +258,7 @@ impl<E: Clone> ResultsCache<E> {
             bytes,
             entries,
             evictions,
+            tails: self.tails.stats(),
         }
     }
 }

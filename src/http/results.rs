@@ -12,7 +12,7 @@ use super::AppState;
 use super::computations::create_entry;
 use super::error::ApiError;
 use crate::cache::chunk::{self, JobInfo, JobOutput, Segment};
-use crate::cache::{CacheKey, Plan};
+use crate::cache::{CacheKey, Plan, TailStart};
 use crate::hub::result::{CollectError, CollectedResult, ResultLimits, SeriesResult, collect};
 use crate::hub::{ComputationSpec, Entry, RawSpec, Tenant};
 use crate::protocol::Value as PointValue;
@@ -106,8 +106,24 @@ pub async fn bounded(
             freshness: Freshness { age: None, settled: stop <= edge },
         });
     };
-    let plan = state.cache.plan(&key, resolution, start, stop, edge);
-    let (segments, age) = fetch_missing(state, tenant, &spec, &key, &plan).await?;
+    // The start of the first chunk that may not be stored yet: from there on, the range is
+    // read from the key's standing tail computation when one stands (or can be started).
+    let chunk_ms = resolution.saturating_mul(i64::from(state.cache.settings.chunk_points.max(1)));
+    let unsettled = edge.div_euclid(chunk_ms) * chunk_ms;
+    let tail = if stop > unsettled && state.cache.settings.max_tails > 0 {
+        read_tail(state, tenant, &spec, &key, unsettled, start.max(unsettled), stop).await
+    } else {
+        None
+    };
+    let settled_stop = if tail.is_some() { stop.min(unsettled) } else { stop };
+    let (mut segments, age) = if start < settled_stop {
+        let plan = state.cache.plan(&key, resolution, start, settled_stop, edge);
+        fetch_missing(state, tenant, &spec, &key, &plan).await?
+    } else {
+        state.cache.count_saved();
+        (Vec::new(), None)
+    };
+    segments.extend(tail.map(|t| Segment::Fetched(Arc::new(t))));
     let stitched = chunk::stitch(&segments, start, stop, limits(state)).map_err(too_large)?;
     Ok(Bounded {
         id: stitched.newest.id.clone(),
@@ -176,6 +192,63 @@ async fn fetch_missing(
         }
     }
     Ok((segments, oldest.map(|o| o.elapsed())))
+}
+
+/// The stretch `[from, stop)` from the key's standing tail computation (started from
+/// `unsettled`, the start of the chunk holding the fresh edge, if none stands). `None` — the
+/// caller then runs the stretch as a job, counted as a fallback — when the tail limit is
+/// reached, the tail could not start, no longer holds `from`, or has not recorded the newest
+/// closed interval within `cache.tail_wait`. See [`crate::cache::tail`] for what it holds.
+async fn read_tail(
+    state: &AppState,
+    tenant: &Tenant,
+    spec: &ComputationSpec,
+    key: &CacheKey,
+    unsettled: i64,
+    from: i64,
+    stop: i64,
+) -> Option<JobOutput> {
+    let cache = &state.cache;
+    let hub_settings = state.hub.settings();
+    let run = TailStart {
+        hub: state.hub.clone(),
+        from: unsettled,
+        max_tails: cache.settings.max_tails,
+        max_points: hub_settings.limits.max_result_points,
+        idle_timeout: hub_settings.stream.idle_timeout,
+    };
+    let start_entry = || async {
+        let raw = RawSpec {
+            program: Some(spec.program.clone()),
+            start: Some(json!(unsettled)),
+            stop: None,
+            resolution: spec.resolution_ms.map(Into::into),
+            max_delay: spec.max_delay_ms.map(Into::into),
+            immediate: Some(spec.immediate),
+            timezone: spec.timezone.clone(),
+        };
+        create_entry(state, tenant, raw, false).await.map(|(entry, _)| entry)
+    };
+    let tail = cache.tails.get_or_start(key, run, start_entry).await;
+    let Some(tail) = tail.filter(|t| t.from() <= from) else {
+        cache.tails.count_fallback();
+        return None;
+    };
+    tail.touch();
+    let reported = tail.entry.control.state();
+    let resolution = reported.resolution_ms.or(spec.resolution_ms).unwrap_or(1000).max(1);
+    let max_delay = reported.max_delay_ms.or(spec.max_delay_ms).unwrap_or(0).max(0);
+    // The newest interval the answer must hold: the last one before `stop` that has closed
+    // and whose max delay has passed.
+    let last = (crate::clock::now_ms() - resolution - max_delay).min(stop - 1);
+    let target = last.div_euclid(resolution) * resolution;
+    if target >= from && !tail.wait_for(target, cache.settings.tail_wait).await {
+        cache.tails.count_fallback();
+        return None;
+    }
+    tail.drop_before(unsettled);
+    cache.tails.count_read();
+    Some(tail.read(from, stop))
 }
 
 /// One upstream job over `[from, to)` with the query's options, collected as rows.

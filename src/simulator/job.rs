@@ -124,6 +124,9 @@ struct Cancelled;
 
 use crate::clock::now_ms;
 
+/// The longest sleep before re-reading the clock while waiting for an interval to close.
+const DUE_CHECK_MS: i64 = 250;
+
 impl JobRun {
     /// Runs the job to its end and unregisters it.
     pub async fn run(mut self) {
@@ -183,10 +186,15 @@ impl JobRun {
             if self.timeline.stop_ms.is_some_and(|stop| t >= stop) && !self.state.faults().ignore_stop_time {
                 return self.control(control::END_OF_CHANNEL, |_| {}).await;
             }
-            let lag = self.state.faults().lag_ms as i64;
-            let wait = self.timeline.due_ms(t, lag) - now_ms();
-            if wait > 0 {
-                self.sleep(Duration::from_millis(wait as u64)).await?;
+            // In slices, re-reading the clock: a replay tool that moves the process clock
+            // (`clock::set_offset_ms`) sees due intervals sent within a slice of the move.
+            loop {
+                let lag = self.state.faults().lag_ms as i64;
+                let wait = self.timeline.due_ms(t, lag) - now_ms();
+                if wait <= 0 {
+                    break;
+                }
+                self.sleep(Duration::from_millis(wait.min(DUE_CHECK_MS) as u64)).await?;
             }
             let blocks = self.source.step(t, &self.state.fixtures);
             for (index, block) in blocks.into_iter().enumerate() {
@@ -194,6 +202,7 @@ impl JobRun {
             }
             if first {
                 first = false;
+                let lag = self.state.faults().lag_ms as i64;
                 self.send_infos(t, lag).await?;
             }
             t += self.timeline.resolution_ms;

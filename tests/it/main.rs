@@ -24,6 +24,7 @@ mod openapi_contract;
 mod protocol_fixtures;
 mod protocol_roundtrip;
 mod results_cache;
+mod results_tail;
 mod simulator_language;
 mod simulator_protocol;
 mod upstream_pool;
