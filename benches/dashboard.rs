@@ -12,7 +12,9 @@
 //! its simulator) is set to a simulated "now" two hours in the past and moved 30 s forward
 //! before each refresh, so the fresh edge (`now − maxDelay − cache.fresh_margin`) moves as it
 //! would on a live dashboard. Counted: the simulator's `jobsStarted` and `pointsSent`, and the
-//! cache's `sfgw_cache_bytes` / `sfgw_cache_entries` at the end. Not a timing benchmark.
+//! cache's `sfgw_cache_bytes` / `sfgw_cache_entries` and its tail counters
+//! (`sfgw_cache_tails_started_total`, `sfgw_cache_tail_fallbacks_total`) at the end. Not a
+//! timing benchmark.
 
 use serde_json::Value;
 use signalflow_gateway::app::Application;
@@ -50,6 +52,8 @@ struct Outcome {
     failures: usize,
     cache_bytes: f64,
     cache_entries: f64,
+    tails_started: f64,
+    tail_fallbacks: f64,
     elapsed: Duration,
 }
 
@@ -141,6 +145,8 @@ async fn run(cache: bool, refreshes: i64) -> Outcome {
         failures,
         cache_bytes: metric(&metrics, "sfgw_cache_bytes"),
         cache_entries: metric(&metrics, "sfgw_cache_entries"),
+        tails_started: metric(&metrics, "sfgw_cache_tails_started_total"),
+        tail_fallbacks: metric(&metrics, "sfgw_cache_tail_fallbacks_total"),
         elapsed,
     }
 }
@@ -155,13 +161,13 @@ async fn main() {
         REFRESH_MS / 1000
     );
     println!(
-        "| Cache | Panel queries | Failed | Upstream jobs started | Points sent upstream | Cache bytes | Cache chunks | Wall time |"
+        "| Cache | Panel queries | Failed | Upstream jobs started | Points sent upstream | Cache bytes | Cache chunks | Tails started | Tail fallbacks | Wall time |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for cache in [false, true] {
         let o = run(cache, refreshes).await;
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.1} s |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s |",
             if cache { "on" } else { "off" },
             o.queries,
             o.failures,
@@ -169,6 +175,8 @@ async fn main() {
             o.points,
             o.cache_bytes,
             o.cache_entries,
+            o.tails_started,
+            o.tail_fallbacks,
             o.elapsed.as_secs_f64()
         );
     }

@@ -270,6 +270,7 @@ mod tests {
             "cache.fresh_margin",
             "cache.max_tails",
             "cache.tail_wait",
+            "cache.max_stream_bytes",
         ] {
             assert!(paths.iter().any(|p| p == name), "{name} missing from the dump: {paths:?}");
         }

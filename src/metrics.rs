@@ -187,7 +187,7 @@ impl std::fmt::Debug for CacheCollector {
 impl Collector for CacheCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let stats = (self.0)();
-        let counters: [(&str, &str, u64); 10] = [
+        let counters: [(&str, &str, u64); 13] = [
             ("sfgw_cache_hits", "Result chunks answered from the cache", stats.hits),
             ("sfgw_cache_misses", "Result chunks fetched upstream", stats.misses),
             ("sfgw_cache_jobs", "Upstream jobs run by the results cache", stats.jobs),
@@ -210,13 +210,22 @@ impl Collector for CacheCollector {
                 stats.tails.fallbacks,
             ),
             ("sfgw_cache_tail_idle_stops", "Tail computations stopped after the idle timeout", stats.tails.idle_stops),
+            ("sfgw_cache_stream_hits", "One-shot streams replayed from the cache", stats.streams.hits),
+            ("sfgw_cache_streams_stored", "One-shot streams recorded into the cache", stats.streams.stored),
+            ("sfgw_cache_stream_evictions", "Recorded streams evicted to hold the byte bound", stats.streams.evictions),
         ];
         for (name, help, value) in counters {
             counter(&mut encoder, name, help, value)?;
         }
         gauge(&mut encoder, "sfgw_cache_bytes", "Estimated bytes of the stored chunks", stats.bytes as i64)?;
         gauge(&mut encoder, "sfgw_cache_entries", "Stored chunks", stats.entries as i64)?;
-        gauge(&mut encoder, "sfgw_cache_tails", "Standing tail computations", stats.tails.standing as i64)
+        gauge(&mut encoder, "sfgw_cache_tails", "Standing tail computations", stats.tails.standing as i64)?;
+        gauge(
+            &mut encoder,
+            "sfgw_cache_stream_bytes",
+            "Estimated bytes of the recorded streams",
+            stats.streams.bytes as i64,
+        )
     }
 }
 

@@ -6,6 +6,8 @@
 //!   its split into chunks, and the stitching of chunks back into one result.
 //! - [`store`]: the chunks by key, bounded in bytes, least recently used evicted first.
 //! - [`coalesce`]: identical requests in flight share one upstream job.
+//! - [`streams`]: the events of one-shot streams whose range is settled, replayed
+//!   identically.
 //! - [`tail`]: standing tail computations, which serve the unsettled end of a range (past the
 //!   fresh edge) without a job per refresh.
 //!
@@ -17,6 +19,7 @@
 pub mod chunk;
 pub mod coalesce;
 pub mod store;
+pub mod streams;
 pub mod tail;
 
 use crate::hub::ComputationSpec;
@@ -28,6 +31,7 @@ use std::time::Duration;
 pub use chunk::{Chunk, JobInfo, JobOutput, Segment};
 pub use coalesce::Coalescer;
 pub use store::Store;
+pub use streams::{Recorded, StreamKey, StreamStats, StreamStore};
 pub use tail::{Tail, TailStart, TailStats, Tails};
 
 /// `cache.*` settings.
@@ -54,6 +58,8 @@ pub struct CacheSettings {
     /// before running the stretch as a job instead.
     #[serde(with = "humantime_serde")]
     pub tail_wait: Duration,
+    /// Memory bound of the recorded one-shot streams (stop before the fresh edge), in bytes.
+    pub max_stream_bytes: usize,
 }
 
 impl Default for CacheSettings {
@@ -66,6 +72,7 @@ impl Default for CacheSettings {
             max_age: Duration::from_secs(3600),
             max_tails: 100,
             tail_wait: Duration::from_secs(5),
+            max_stream_bytes: 16 * 1024 * 1024,
         }
     }
 }
@@ -74,6 +81,7 @@ impl CacheSettings {
     pub fn check(&self, problems: &mut crate::settings::Problems) {
         problems.positive(self.chunk_points as usize, "cache.chunk_points");
         problems.positive(self.max_bytes, "cache.max_bytes");
+        problems.positive(self.max_stream_bytes, "cache.max_stream_bytes");
     }
 }
 
@@ -107,6 +115,8 @@ pub struct CacheStats {
     pub evictions: u64,
     /// The standing tail computations.
     pub tails: TailStats,
+    /// The recorded one-shot streams.
+    pub streams: StreamStats,
 }
 
 /// The normalised identity of a cached query, without its range: tenant, program,
@@ -153,17 +163,23 @@ pub struct ResultsCache<E> {
     counters: CacheCounters,
     pub jobs: Coalescer<(CacheKey, i64, i64), Result<Arc<JobOutput>, E>>,
     pub tails: Arc<Tails>,
+    pub streams: StreamStore,
+    /// Identical stream recordings in flight share one job (`None`: not recordable).
+    pub stream_jobs: Coalescer<StreamKey, Result<Option<Recorded>, E>>,
 }
 
 impl<E: Clone> ResultsCache<E> {
     pub fn new(settings: CacheSettings) -> Self {
         let store = Store::new(settings.max_bytes);
+        let streams = StreamStore::new(settings.max_stream_bytes);
         ResultsCache {
             settings,
             store: parking_lot::Mutex::new(store),
             counters: CacheCounters::default(),
             jobs: Coalescer::default(),
             tails: Arc::default(),
+            streams,
+            stream_jobs: Coalescer::default(),
         }
     }
 
@@ -259,6 +275,7 @@ impl<E: Clone> ResultsCache<E> {
             entries,
             evictions,
             tails: self.tails.stats(),
+            streams: self.streams.stats(),
         }
     }
 }

@@ -96,6 +96,10 @@ pub async fn create(
         return super::results::whole_result(&state, &tenant, raw, &headers, use_cache).await;
     }
     if let Some(format) = super::events::stream_format(&headers) {
+        let use_cache = use_cache && !super::results::asks_no_cache(&headers);
+        if let Some(response) = super::events::cached_stream(&state, &tenant, &raw, format, use_cache).await? {
+            return Ok(response);
+        }
         let (entry, _) = create_entry(&state, &tenant, raw, share).await?;
         let outcome = entry.subscribe(None, format).await.ok_or_else(|| ApiError::not_found("the computation"))?;
         return super::events::respond(outcome, format);

@@ -8,8 +8,10 @@
 use super::AppState;
 use super::computations::{create_entry, header_str};
 use super::error::ApiError;
+use crate::hub::computation::retry_prelude;
 use crate::hub::stream::Subscription;
 use crate::hub::{ComputationSpec, Format, RawSpec, SubscribeOutcome, Tenant};
+use crate::upstream::Terminal;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -166,7 +168,106 @@ pub async fn one_shot(
             return respond(outcome, format);
         }
     }
+    let use_cache = !super::results::asks_no_cache(&headers);
+    if last.is_none()
+        && let Some(response) = cached_stream(&state, &tenant, &raw, format, use_cache).await?
+    {
+        return Ok(response);
+    }
     let (entry, _new) = create_entry(&state, &tenant, raw, share).await?;
     let outcome = entry.subscribe(None, format).await.ok_or_else(|| ApiError::not_found("the computation"))?;
     respond(outcome, format)
+}
+
+/// A one-shot stream through the results cache: when the request's whole range lies before the
+/// fresh edge (`stop ≤ now − maxDelay − cache.fresh_margin`), its events are recorded from one
+/// job (identical requests in flight share it) and replayed identically — the same ids, event
+/// names and data — to this and every later identical request, without a job. `None` when the
+/// cache does not take the request (no start or stop, a stop past the edge, the cache off or
+/// bypassed, or a recording over `cache.max_stream_bytes`): the caller streams as usual.
+pub async fn cached_stream(
+    state: &AppState,
+    tenant: &Tenant,
+    raw: &RawSpec,
+    format: Format,
+    use_cache: bool,
+) -> Result<Option<Response>, ApiError> {
+    use crate::cache::StreamKey;
+    let cache = &state.cache;
+    if !use_cache || !cache.settings.enabled {
+        return Ok(None);
+    }
+    let now = crate::clock::now_ms();
+    let spec = ComputationSpec::from_raw(raw.clone(), state.hub.settings().limits.max_program_bytes, now)?;
+    let (Some(start), Some(stop)) = (spec.start.map(|s| s.resolve(now)), spec.stop.map(|s| s.resolve(now))) else {
+        return Ok(None);
+    };
+    if stop > cache.fresh_edge(now, spec.max_delay_ms) {
+        return Ok(None);
+    }
+    let key = StreamKey::for_spec(&spec, &tenant.id, start, stop);
+    let events = match cache.streams.get(&key) {
+        Some(events) => {
+            cache.count_saved();
+            events
+        }
+        None => {
+            let (outcome, ran) = cache.stream_jobs.run(key.clone(), || record_stream(state, tenant, raw.clone())).await;
+            let Some(events) = outcome? else { return Ok(None) };
+            if ran {
+                cache.count_job();
+                let ended = events.last().and_then(|e| e.kind.terminal()).is_some_and(|t| *t == Terminal::EndOfChannel);
+                if ended {
+                    cache.streams.insert(key, events.clone());
+                }
+            } else {
+                cache.count_saved();
+            }
+            events
+        }
+    };
+    let prelude = (format == Format::Sse).then(|| retry_prelude(state.hub.settings().stream.heartbeat));
+    Ok(Some(stream_response(Subscription::finished(events.to_vec(), prelude, format), format)))
+}
+
+/// Runs the request as its own job and records its whole stream, as a fresh subscriber sees it
+/// (`None` when it grows past `cache.max_stream_bytes`; the job is then stopped).
+async fn record_stream(
+    state: &AppState,
+    tenant: &Tenant,
+    raw: RawSpec,
+) -> Result<Option<crate::cache::Recorded>, ApiError> {
+    let (entry, _) = create_entry(state, tenant, raw, false).await?;
+    let settings = state.hub.settings();
+    let max_bytes = state.cache.settings.max_stream_bytes;
+    let record = async {
+        let Some(SubscribeOutcome::Stream(mut subscription)) = entry.subscribe(None, Format::Sse).await else {
+            return Err(ApiError::limit("the subscriber limit is reached"));
+        };
+        let mut events = Vec::new();
+        let mut bytes = 0;
+        while let Some(event) = subscription.next_event().await {
+            bytes += 64 + event.size();
+            if bytes > max_bytes {
+                return Ok(None);
+            }
+            let terminal = event.is_terminal();
+            events.push(event);
+            if terminal {
+                break;
+            }
+        }
+        Ok(Some(events.into()))
+    };
+    let deadline = settings.stream.max_wait + settings.stream.start_wait;
+    let outcome = match tokio::time::timeout(deadline, record).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Timed out", "the stream did not end in time"))
+        }
+    };
+    if !matches!(outcome, Ok(Some(_))) && !entry.is_ended() {
+        state.hub.stop(&entry, "the stream recording was abandoned").await;
+    }
+    outcome
 }

@@ -137,7 +137,7 @@ pub async fn bounded(
 }
 
 /// `Cache-Control: no-cache` (or `no-store`) on the request.
-fn asks_no_cache(headers: &HeaderMap) -> bool {
+pub fn asks_no_cache(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::CACHE_CONTROL)
         .iter()

@@ -27,4 +27,5 @@ mod results_cache;
 mod results_tail;
 mod simulator_language;
 mod simulator_protocol;
+mod stream_cache;
 mod upstream_pool;

@@ -20,6 +20,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 mod pump;
 
+pub use pump::retry_prelude;
+
 /// Where a computation is in its life, as the gateway reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {

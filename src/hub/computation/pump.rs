@@ -379,7 +379,7 @@ impl Pump {
 }
 
 /// `retry:` with jitter, so browsers do not reconnect in lockstep after a restart.
-fn retry_prelude(heartbeat: Duration) -> Bytes {
+pub fn retry_prelude(heartbeat: Duration) -> Bytes {
     let base = heartbeat.as_millis().clamp(1000, 5000) as u64;
     let retry = base / 2 + fastrand::u64(0..=base / 2);
     Bytes::from(format!("retry: {retry}\n\n"))
