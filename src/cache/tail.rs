@@ -186,6 +186,15 @@ impl Tail {
     }
 }
 
+/// A place against `max_tails`, given back when dropped.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The standing tails by key, their bound and counters.
 #[derive(Default)]
 pub struct Tails {
@@ -241,14 +250,13 @@ impl Tails {
                 if let Some(tail) = self.by_key.lock().get(key).filter(|t| t.is_live()).cloned() {
                     return Some(tail);
                 }
+                // Released unless the collector takes it over (also when this is cancelled).
+                let slot = Slot(&self.live);
                 if self.live.fetch_add(1, Ordering::AcqRel) >= run.max_tails {
-                    self.live.fetch_sub(1, Ordering::AcqRel);
                     return None;
                 }
-                let Ok(entry) = start_entry().await else {
-                    self.live.fetch_sub(1, Ordering::AcqRel);
-                    return None;
-                };
+                let entry = start_entry().await.ok()?;
+                std::mem::forget(slot);
                 let tail = Arc::new(Tail::new(entry, run.from, run.max_points));
                 self.by_key.lock().insert(key.clone(), tail.clone());
                 self.started.fetch_add(1, Ordering::Relaxed);
