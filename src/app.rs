@@ -22,6 +22,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     hub: Hub,
+    cluster: Option<crate::cluster::Cluster>,
     simulator: Option<SimulatorHandle>,
     cancel: CancellationToken,
     settings: Arc<Settings>,
@@ -38,6 +39,8 @@ pub enum BuildError {
     Inventory { path: String, reason: String },
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 impl Application {
@@ -86,12 +89,16 @@ impl Application {
         warn_if_exposed(&settings);
         let settings = Arc::new(settings);
         let http_metrics = Arc::new(crate::metrics::HttpMetrics::default());
-        let state = AppState { hub: hub.clone(), settings: settings.clone(), http_metrics };
+        let cluster = match settings.cluster.enabled() {
+            true => Some(crate::cluster::Cluster::start(settings.cluster.clone(), hub.clone(), cancel.child_token())?),
+            false => None,
+        };
+        let state = AppState { hub: hub.clone(), cluster: cluster.clone(), settings: settings.clone(), http_metrics };
         let mut router = http::router(state);
         if let Some(sim) = &simulator {
             router = router.merge(simulator::control::routes(sim.state.clone()));
         }
-        Ok(Application { listener, router, hub, simulator, cancel, settings, tls })
+        Ok(Application { listener, router, hub, cluster, simulator, cancel, settings, tls })
     }
 
     /// Whether the listener speaks TLS (`https://`, `wss://`).
@@ -109,7 +116,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then drains within the drain timeout.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Application { listener, router, hub, simulator, cancel, settings, tls } = self;
+        let Application { listener, router, hub, cluster, simulator, cancel, settings, tls } = self;
         let stopping = CancellationToken::new();
         let signal = stopping.clone();
         // Ended below whatever happens, so it never outlives the server.
@@ -145,6 +152,10 @@ impl Application {
             // A client that never reads its last bytes must not hold the process.
             _ = async { stopping.cancelled().await; tokio::time::sleep(limit + std::time::Duration::from_secs(1)).await } => Ok(()),
         };
+        // Leaders have let go of their leases (another replica takes over); relays end.
+        if let Some(cluster) = cluster {
+            cluster.shutdown(limit / 2).await;
+        }
         // Every pool stops its jobs (with the shutdown reason) and closes its sockets.
         let pools = hub.pools().all();
         futures::future::join_all(pools.iter().map(|p| p.shutdown(limit / 2))).await;

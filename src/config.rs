@@ -26,6 +26,8 @@ pub struct Settings {
     pub tenancy: TenancySettings,
     pub websocket: WebsocketSettings,
     pub tls: TlsSettings,
+    /// Cluster mode (many replicas sharing jobs through Redis); off without `redis_url`.
+    pub cluster: crate::cluster::ClusterSettings,
     /// Longest a graceful shutdown may take.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -219,6 +221,7 @@ impl Default for Settings {
             tenancy: TenancySettings::default(),
             websocket: WebsocketSettings::default(),
             tls: TlsSettings::default(),
+            cluster: crate::cluster::ClusterSettings::default(),
             drain_timeout: Duration::from_secs(10),
         }
     }

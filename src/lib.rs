@@ -25,6 +25,7 @@
 
 pub mod app;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzz_targets;

@@ -36,6 +36,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Hub,
+    /// Cluster mode: the `/computations` API's computations are shared through Redis.
+    pub cluster: Option<crate::cluster::Cluster>,
     pub settings: Arc<Settings>,
     pub http_metrics: Arc<crate::metrics::HttpMetrics>,
 }
