@@ -611,6 +611,20 @@ mod tests {
     }
 
     #[test]
+    fn cluster_settings_read_from_a_file_and_mask_the_redis_password() {
+        let s: Settings = toml::from_str(
+            "[cluster]\nredis_url = \"redis://u:s3cret@redis:6379/0\"\nlease = \"3s\"\nnode_id = \"a\"\n",
+        )
+        .unwrap();
+        assert!(s.cluster.enabled());
+        assert_eq!(s.cluster.lease, Duration::from_secs(3));
+        let dump = s.redacted();
+        assert_eq!(dump["cluster"]["redis_url"], "redis://***@redis:6379/0");
+        assert!(!dump.to_string().contains("s3cret"));
+        assert!(!Settings::default().cluster.enabled(), "cluster mode is off by default");
+    }
+
+    #[test]
     fn the_token_never_shows_in_debug_or_the_dump() {
         let mut s = Settings::default();
         s.upstream.token = Some(SecretString::from("tok-s3cret"));

@@ -188,3 +188,31 @@ fn render_upstream(out: &mut Exposition, pools: &[&PoolStats], ready: bool) {
         out.single(name, "counter", help, sum(read));
     }
 }
+
+// ---- cluster mode (only when `cluster.redis_url` is set) ----
+
+/// The cluster's families, appended to [`render`]'s output in cluster mode.
+pub fn render_cluster(s: &crate::cluster::ClusterSnapshot) -> String {
+    let mut out = Exposition(String::with_capacity(2048));
+    out.single("sfgw_cluster_redis_up", "gauge", "1 while the cluster's Redis answers.", u8::from(s.redis_up));
+    out.single("sfgw_cluster_leading", "gauge", "Computations whose upstream job this replica runs.", s.leading);
+    out.single("sfgw_cluster_relaying", "gauge", "Computations this replica serves from the cluster.", s.relaying);
+    let counters: [(&str, &str, u64); 8] = [
+        ("sfgw_cluster_leaderships_total", "Leases taken (new computations and takeovers).", s.leaderships),
+        ("sfgw_cluster_takeovers_total", "Leases taken over from a replica that was lost.", s.takeovers),
+        ("sfgw_cluster_leaderships_lost_total", "Leases lost to a newer epoch.", s.leaderships_lost),
+        ("sfgw_cluster_published_total", "Events and ends published to Redis.", s.published),
+        (
+            "sfgw_cluster_publish_dropped_total",
+            "Events not published (queue full while Redis was away).",
+            s.publish_dropped,
+        ),
+        ("sfgw_cluster_publish_refused_total", "Publishes refused for a stale epoch.", s.publish_refused),
+        ("sfgw_cluster_relayed_total", "Events read from Redis for this replica's subscribers.", s.relayed),
+        ("sfgw_cluster_redis_errors_total", "Redis commands that failed.", s.redis_errors),
+    ];
+    for (name, help, value) in counters {
+        out.single(name, "counter", help, value);
+    }
+    out.0
+}

@@ -131,7 +131,7 @@ struct Leader {
 
 impl Leader {
     fn new(inner: Arc<Inner>, id: String, keys: Keys, epoch: u64, cancel: CancellationToken) -> Self {
-        let (publish, publish_rx) = mpsc::channel(inner.settings.publish_queue.max(16));
+        let (publish, publish_rx) = mpsc::channel(inner.settings.publish_queue.max(1));
         Leader {
             inner,
             id,

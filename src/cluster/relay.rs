@@ -222,16 +222,23 @@ pub(super) async fn refresh_presence(inner: &Inner, conn: &mut redis::aio::Conne
     let expires = crate::clock::now_ms() + (inner.settings.lease.as_millis() as i64).max(1000);
     let mut pipe = redis::pipe();
     let mut any = false;
-    for (id, local) in inner.locals.lock().iter() {
-        let keys = Keys::new(&local.tenant.id, id);
-        if local.entry.is_ended() {
-            continue;
-        }
-        any = true;
-        if local.entry.subscribers.load(Ordering::Relaxed) > 0 {
-            pipe.cmd("ZADD").arg(keys.presence()).arg(expires).arg(&*inner.node).ignore();
-        } else {
-            pipe.cmd("ZREM").arg(keys.presence()).arg(&*inner.node).ignore();
+    {
+        let mut locals = inner.locals.lock();
+        // Ended relays the hub no longer holds (their retention is over, or they were discarded).
+        locals.retain(|id, l| {
+            !l.entry.is_ended() || inner.hub.get(id, &l.entry.tenant).is_some_and(|e| Arc::ptr_eq(&e, &l.entry))
+        });
+        for (id, local) in locals.iter() {
+            let keys = Keys::new(&local.tenant.id, id);
+            if local.entry.is_ended() {
+                continue;
+            }
+            any = true;
+            if local.entry.subscribers.load(Ordering::Relaxed) > 0 {
+                pipe.cmd("ZADD").arg(keys.presence()).arg(expires).arg(&*inner.node).ignore();
+            } else {
+                pipe.cmd("ZREM").arg(keys.presence()).arg(&*inner.node).ignore();
+            }
         }
     }
     if any && let Err(e) = pipe.query_async::<()>(conn).await {

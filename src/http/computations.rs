@@ -76,6 +76,8 @@ pub async fn create_shared_entry(
     let spec = ComputationSpec::from_raw(raw, state.settings.limits.max_program_bytes, crate::clock::now_ms())?;
     let created = cluster.create(spec, tenant, share).await?;
     if let Phase::Ended(Terminal::Error(error)) = state.hub.wait_started(&created.entry).await {
+        // Not listed here, as without cluster mode (the cluster's record has ended too).
+        state.hub.discard(&created.entry);
         return Err(ApiError::program(&error));
     }
     Ok((created.entry, created.new))
@@ -123,15 +125,24 @@ pub async fn create(
     Ok(response)
 }
 
-pub async fn list(State(state): State<AppState>, tenant: Tenant) -> Result<Json<Value>, ApiError> {
+pub async fn list(State(state): State<AppState>, tenant: Tenant) -> Json<Value> {
     let local = state.hub.list(&tenant.id);
     let mut computations: Vec<Value> = local.iter().map(|e| view(e)).collect();
+    let mut incomplete = None;
     if let Some(cluster) = &state.cluster {
-        // The fleet's other computations, as the cluster records them.
+        // The fleet's other computations, as the cluster records them; this replica's own
+        // while Redis is away.
         let ids: Vec<String> = local.iter().map(|e| e.id.clone()).collect();
-        computations.extend(cluster.list_remote(&tenant.id, &ids).await?.iter().map(remote_view));
+        match cluster.list_remote(&tenant.id, &ids).await {
+            Ok(remote) => computations.extend(remote.iter().map(remote_view)),
+            Err(e) => incomplete = Some(e.to_string()),
+        }
     }
-    Ok(Json(json!({ "computations": computations })))
+    let mut body = json!({ "computations": computations });
+    if let Some(reason) = incomplete {
+        body["incomplete"] = Value::String(reason);
+    }
+    Json(body)
 }
 
 /// A computation this replica does not relay, from the cluster's record.

@@ -44,6 +44,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     // Closed pools' counts, so the totals never go backwards.
     stats.push(state.hub.pools().retired_stats());
     let ready = state.hub.pools().is_ready();
-    let body = crate::metrics::render(&state.hub, &state.http_metrics, &stats, ready);
+    let mut body = crate::metrics::render(&state.hub, &state.http_metrics, &stats, ready);
+    if let Some(cluster) = &state.cluster {
+        body.push_str(&crate::metrics::render_cluster(&cluster.stats()));
+    }
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -78,7 +78,19 @@ async fn thirty_identical_creates_over_three_replicas_run_one_job_under_one_id()
         assert!(list["computations"].as_array().unwrap().iter().any(|c| c["id"] == id), "{list}");
     }
     assert_eq!(leaders.len(), 1, "{leaders:?}");
-    assert!(leaders.iter().next().unwrap().starts_with("node-"));
+    let leader = leaders.into_iter().next().unwrap();
+    assert!(leader.starts_with("node-"));
+    // Only the leader took a lease.
+    for replica in &fleet.replicas {
+        let metrics = replica.http.get(replica.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let expected = if replica.node == leader { 1 } else { 0 };
+        assert!(
+            metrics.contains(&format!("sfgw_cluster_leaderships_total {expected}\n")),
+            "{}: {metrics}",
+            replica.node
+        );
+        assert!(metrics.contains("sfgw_cluster_redis_up 1\n"));
+    }
 }
 
 #[tokio::test]
@@ -254,7 +266,8 @@ async fn sigkill_of_the_leader_hands_the_job_over_within_the_lease_without_dupli
 
 #[tokio::test]
 async fn redis_killed_and_restarted_the_cluster_recovers_and_reports_the_gap() {
-    let mut fleet = fleet(&[]).await;
+    // A leader holds at most two events for Redis: a longer outage loses some for the followers.
+    let mut fleet = fleet(&[("SFGW_CLUSTER__PUBLISH_QUEUE", "2")]).await;
     let (status, view) = create(&fleet.replicas[0], json!({ "program": PROGRAM }), None).await;
     assert_eq!(status, 201);
     let id = view["id"].as_str().unwrap().to_owned();
@@ -262,41 +275,123 @@ async fn redis_killed_and_restarted_the_cluster_recovers_and_reports_the_gap() {
     let mut leader_stream = RawSse::open(&fleet.replicas[0], &path, None, None).await;
     let mut follower_stream = RawSse::open(&fleet.replicas[1], &path, None, None).await;
     leader_stream.data(1).await;
-    follower_stream.data(1).await;
+    let mut followed = follower_stream.data(1).await;
 
     fleet.redis.kill().await;
     for replica in &fleet.replicas {
         let replica_url = replica.url("/readyz");
         eventually("readyz answers 503", || async {
-            replica.http.get(&replica_url).send().await.is_ok_and(|r| r.status() == 503)
+            replica.http.get(&replica_url).timeout(WAIT).send().await.is_ok_and(|r| r.status() == 503)
         })
         .await;
     }
     let (status, problem) = create(&fleet.replicas[2], json!({ "program": "data('other').publish()" }), None).await;
     assert_eq!(status, 503, "{problem}");
     assert_eq!(problem["type"], "/problems/cluster-unavailable");
-    // The leader's own subscribers go on while Redis is away.
-    let during = leader_stream.data(2).await;
-    assert_eq!(data_timestamps(&during).len(), 2);
+    // The leader's own subscribers go on while Redis is away (more than the two events the
+    // leader may hold for it).
+    let during = leader_stream.data(4).await;
+    assert_eq!(data_timestamps(&during).len(), 4);
 
     fleet.redis.restart().await;
     for replica in &fleet.replicas {
         let replica_url = replica.url("/readyz");
         eventually("readyz answers 200 again", || async {
-            replica.http.get(&replica_url).send().await.is_ok_and(|r| r.status() == 200)
+            replica.http.get(&replica_url).timeout(WAIT).send().await.is_ok_and(|r| r.status() == 200)
         })
         .await;
     }
-    // The follower's stream continues, with the lost stretch reported.
-    let healed = follower_stream.until(|f| gateway_notice(f, "REPLAY_INCOMPLETE")).await;
-    let notice = healed.last().unwrap();
-    assert!(notice.data["fromId"].as_u64().is_some(), "{notice:?}");
-    let after = follower_stream.data(2).await;
-    let mut timestamps = data_timestamps(&healed);
-    timestamps.extend(data_timestamps(&after));
+    // The follower's stream continues past the outage; every id it skips is announced by a
+    // REPLAY_INCOMPLETE naming exactly the missing ids, never skipped silently.
+    let last_during = *data_timestamps(&during).last().unwrap();
+    loop {
+        let more = follower_stream.data(1).await;
+        let done = data_timestamps(&more).last().is_some_and(|t| *t > last_during);
+        followed.extend(more);
+        if done {
+            break;
+        }
+    }
+    let mut previous: Option<u64> = None;
+    let mut announced: Option<(u64, u64)> = None;
+    let mut gaps = 0;
+    for f in &followed {
+        if gateway_notice(f, "REPLAY_INCOMPLETE") {
+            announced = Some((f.data["fromId"].as_u64().unwrap(), f.data["toId"].as_u64().unwrap()));
+            continue;
+        }
+        let Some(id) = f.id else { continue };
+        if let Some(p) = previous
+            && id != p + 1
+        {
+            assert_eq!(announced, Some((p + 1, id - 1)), "a silent skip from {p} to {id}: {followed:?}");
+            gaps += 1;
+        }
+        announced = None;
+        previous = Some(id);
+    }
+    assert!(gaps >= 1, "the outage outlasted the leader's queue, so a gap is reported: {followed:?}");
+    let timestamps = data_timestamps(&followed);
     assert!(timestamps.windows(2).all(|w| w[0] < w[1]), "{timestamps:?}");
-    // New creates work again.
+    // New creates work again, and the leader still runs the one job.
     let (status, _) = create(&fleet.replicas[2], json!({ "program": "data('other').publish()" }), None).await;
     assert_eq!(status, 201);
+    assert_eq!(fleet.jobs(PROGRAM).await, 1);
+}
+
+#[tokio::test]
+async fn the_leader_stops_the_job_after_the_linger_once_no_replica_has_subscribers() {
+    let fleet = fleet(&[("SFGW_STREAM__LINGER", "1s")]).await;
+    let (status, view) = create(&fleet.replicas[0], json!({ "program": PROGRAM }), None).await;
+    assert_eq!(status, 201);
+    let id = view["id"].as_str().unwrap().to_owned();
+    let path = format!("/computations/{id}/events");
+    let mut one = RawSse::open(&fleet.replicas[1], &path, None, None).await;
+    let mut two = RawSse::open(&fleet.replicas[2], &path, None, None).await;
+    one.data(1).await;
+    two.data(1).await;
+    drop(one);
+    // Replica two still listens: three lingers later the job runs and its stream goes on.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(fleet.jobs(PROGRAM).await, 1);
+    two.data(2).await;
+    drop(two);
+    eventually("the job stops once nobody listens anywhere", || async { fleet.jobs(PROGRAM).await == 0 }).await;
+}
+
+#[tokio::test]
+async fn a_program_error_is_a_400_on_every_replica_and_leaves_nothing_running() {
+    let fleet = fleet(&[]).await;
+    let bad = "data('cpu.utilization').publish(\n  nope(";
+    for replica in &fleet.replicas {
+        let (status, problem) = create(replica, json!({ "program": bad }), None).await;
+        assert_eq!(status, 400, "{}: {problem}", replica.node);
+        assert_eq!(problem["type"], "/problems/program-error", "{problem}");
+    }
+    assert_eq!(fleet.jobs(bad).await, 0);
+    let (_, list) = get(&fleet.replicas[1], "/computations").await;
+    assert!(list["computations"].as_array().unwrap().iter().all(|c| c["program"] != bad), "{list}");
+}
+
+/// The measurement, run by hand (`cargo test --test it -- --ignored cluster::a_thousand`):
+/// 1,000 identical creates spread over three replicas, 100 at a time.
+#[tokio::test]
+#[ignore = "a measurement (about a minute in a debug build), not part of every run"]
+async fn a_thousand_identical_creates_over_three_replicas_run_exactly_one_job() {
+    let fleet = fleet(&[]).await;
+    let started = Instant::now();
+    let mut ids = HashSet::new();
+    let mut created = 0;
+    for round in 0..10 {
+        let creates =
+            (0..100).map(|i| create(&fleet.replicas[(round * 100 + i) % 3], json!({ "program": PROGRAM }), None));
+        for (status, body) in futures::future::join_all(creates).await {
+            assert!(status == 200 || status == 201, "{status} {body}");
+            created += usize::from(status == 201);
+            ids.insert(body["id"].as_str().unwrap().to_owned());
+        }
+    }
+    println!("1000 creates in {:?}", started.elapsed());
+    assert_eq!((ids.len(), created), (1, 1));
     assert_eq!(fleet.jobs(PROGRAM).await, 1);
 }

@@ -828,7 +828,12 @@ pub mod cluster {
         }
 
         /// The next event frame (comments and `retry:` skipped); `None` when the stream ends.
+        /// Bounded by [`WAIT`] as a whole: heartbeats do not extend it.
         pub async fn next(&mut self) -> Option<Frame> {
+            tokio::time::timeout(WAIT, self.next_frame()).await.expect("timed out waiting for an SSE event frame")
+        }
+
+        async fn next_frame(&mut self) -> Option<Frame> {
             use futures::StreamExt;
             loop {
                 if let Some(at) = self.buf.windows(2).position(|w| w == b"\n\n") {
@@ -849,7 +854,7 @@ pub mod cluster {
                     }
                     return Some(frame);
                 }
-                match tokio::time::timeout(WAIT, self.body.next()).await.expect("timed out waiting for an SSE frame") {
+                match self.body.next().await {
                     Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
                     _ => return None,
                 }
