@@ -269,6 +269,8 @@ impl Leader {
             .key(self.keys.record())
             .key(self.keys.presence())
             .key(self.keys.index())
+            .key(self.keys.events())
+            .key(self.keys.metadata())
             .arg(lease_value(&self.inner.node, self.epoch))
             .arg(self.inner.lease_ms())
             .arg(self.epoch)

@@ -366,12 +366,17 @@ impl Cluster {
         type Fields = (Option<String>, Option<i64>, Option<String>, Option<i64>, Option<String>);
         let rows: Vec<redis::Value> = pipe.query_async(&mut conn).await.map_err(|e| self.redis_error(e))?;
         let mut out = Vec::new();
+        let mut gone = Vec::new();
         for (id, pair) in ids.iter().zip(rows.chunks(2)) {
             let [fields, lease] = pair else { continue };
             let Ok((spec, created, handle, last, stop)) = redis::from_redis_value_ref::<Fields>(fields) else {
                 continue;
             };
-            let Some(spec) = spec.as_deref().and_then(wire::spec_from_json) else { continue };
+            let Some(spec) = spec.as_deref().and_then(wire::spec_from_json) else {
+                // Its keys expired (nobody led it for a while): forget it.
+                gone.push(id.clone());
+                continue;
+            };
             let lease: Option<String> = redis::from_redis_value_ref(lease).ok().flatten();
             out.push(RemoteSummary {
                 id: id.clone(),
@@ -382,6 +387,13 @@ impl Cluster {
                 last_complete_ms: last,
                 stopping: stop.is_some(),
             });
+        }
+        if !gone.is_empty() {
+            let removed: redis::RedisResult<i64> =
+                redis::cmd("ZREM").arg(keys::index_key(tenant)).arg(&gone).query_async(&mut conn).await;
+            if let Err(e) = removed {
+                self.inner.redis_failed(&e);
+            }
         }
         Ok(out)
     }

@@ -1,6 +1,9 @@
 //! The Lua scripts: each cluster step that must be atomic is one script.
 
 use redis::Script;
+
+/// How many leases a computation's keys outlive its last leader's last renewal (see [`TICK`]).
+pub const ORPHAN_LEASES: u64 = 6;
 use std::sync::LazyLock;
 
 /// Creates the record (unless it exists and has not ended) and takes the lease if it is free.
@@ -17,6 +20,8 @@ local created = 0
 if redis.call('HSETNX', KEYS[1], 'spec', ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], 'created', ARGV[2])
   redis.call('ZADD', KEYS[7], ARGV[2], ARGV[5])
+  -- Until its leader's first tick keeps it (see TICK).
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) * 6)
   created = 1
 end
 local epoch = 0
@@ -74,9 +79,11 @@ return 1
     )
 });
 
-/// The leader's tick: renews (or re-takes, same epoch) the lease, drops expired presence. After
-/// Redis lost its data (restarted empty), the leader writes the record back and goes on.
-/// KEYS: lease, epoch, record, presence, index.
+/// The leader's tick: renews (or re-takes, same epoch) the lease, drops expired presence, and
+/// keeps the computation's keys alive for [`ORPHAN_LEASES`] leases (a computation nobody leads or
+/// takes over for that long is gone). After Redis lost its data (restarted empty), the leader
+/// writes the record back and goes on.
+/// KEYS: lease, epoch, record, presence, index, events, metadata.
 /// ARGV: lease value, lease ms, epoch, now ms, spec JSON, created ms, id.
 /// Returns {1, stop reason or false, replicas with subscribers}, or {0} when the lease is lost.
 pub static TICK: LazyLock<Script> = LazyLock::new(|| {
@@ -98,6 +105,8 @@ else
   return {0, false, 0}
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[4])
+local keep = tonumber(ARGV[2]) * 6 -- ORPHAN_LEASES
+for _, key in ipairs({KEYS[2], KEYS[3], KEYS[6], KEYS[7]}) do redis.call('PEXPIRE', key, keep) end
 return {1, redis.call('HGET', KEYS[3], 'stop'), redis.call('ZCARD', KEYS[4])}
 "#,
     )

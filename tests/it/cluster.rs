@@ -395,3 +395,42 @@ async fn a_thousand_identical_creates_over_three_replicas_run_exactly_one_job() 
     assert_eq!((ids.len(), created), (1, 1));
     assert_eq!(fleet.jobs(PROGRAM).await, 1);
 }
+
+#[tokio::test]
+async fn a_late_joiner_on_a_fresh_replica_gets_the_metadata_before_the_data() {
+    let fleet = fleet(&[]).await;
+    let (status, view) = create(&fleet.replicas[0], json!({ "program": PROGRAM }), None).await;
+    assert_eq!(status, 201);
+    let id = view["id"].as_str().unwrap().to_owned();
+    let path = format!("/computations/{id}/events");
+    RawSse::open(&fleet.replicas[0], &path, None, None).await.data(3).await;
+    // Replica two has never seen this computation: it relays it from Redis now.
+    let mut late = RawSse::open(&fleet.replicas[2], &path, None, None).await;
+    let frames = late.data(1).await;
+    let (data, before) = frames.split_last().unwrap();
+    let described: HashSet<&str> =
+        before.iter().filter(|f| f.event == "metadata").map(|f| f.data["tsId"].as_str().unwrap()).collect();
+    let points = data.data["data"].as_array().unwrap();
+    assert!(!points.is_empty());
+    for point in points {
+        assert!(described.contains(point["tsId"].as_str().unwrap()), "no metadata before {point}: {frames:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_computation_whose_leader_died_with_no_subscribers_anywhere_is_forgotten() {
+    let mut fleet = fleet(&[]).await;
+    let (status, view) = create(&fleet.replicas[0], json!({ "program": PROGRAM }), None).await;
+    assert_eq!(status, 201);
+    let id = view["id"].as_str().unwrap().to_owned();
+    let (_, list) = get(&fleet.replicas[1], "/computations").await;
+    assert!(list["computations"].as_array().unwrap().iter().any(|c| c["id"] == id.as_str()), "{list}");
+    fleet.replicas[0].kill().await;
+    // Nobody listens, so nobody takes over; its keys outlive the 2 s lease by six leases.
+    eventually("the orphan leaves the list", || async {
+        let (_, list) = get(&fleet.replicas[1], "/computations").await;
+        !list["computations"].as_array().unwrap().iter().any(|c| c["id"] == id.as_str())
+    })
+    .await;
+    assert_eq!(get(&fleet.replicas[2], &format!("/computations/{id}")).await.0, 404);
+}
