@@ -373,10 +373,9 @@ async fn a_program_error_is_a_400_on_every_replica_and_leaves_nothing_running() 
     assert!(list["computations"].as_array().unwrap().iter().all(|c| c["program"] != bad), "{list}");
 }
 
-/// The measurement, run by hand (`cargo test --test it -- --ignored cluster::a_thousand`):
-/// 1,000 identical creates spread over three replicas, 100 at a time.
+/// The check at its size: 1,000 identical creates spread over three replicas, 100 at a
+/// time (a few seconds in a debug build).
 #[tokio::test]
-#[ignore = "a measurement (about a minute in a debug build), not part of every run"]
 async fn a_thousand_identical_creates_over_three_replicas_run_exactly_one_job() {
     let fleet = fleet(&[]).await;
     let started = Instant::now();
