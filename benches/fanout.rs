@@ -5,7 +5,15 @@
 //! cargo bench --bench fanout -- fanout --subscribers 10000 --seconds 30
 //! cargo bench --bench fanout -- distinct --computations 1000 --seconds 30
 //! cargo bench --bench fanout -- dedup --requests 1000
+//! cargo bench --bench fanout -- cluster --replicas 3 --subscribers 3000 --seconds 30
+//! cargo bench --bench fanout -- cluster --replicas 0 --subscribers 3000 --seconds 30   # baseline
 //! ```
+//!
+//! `cluster`: a standalone simulator process, `redis-server` on a free port and `--replicas`
+//! gateway processes in cluster mode (0: one gateway without cluster mode, the baseline), one
+//! computation created on the first replica (its leader), subscribers spread evenly over the
+//! replicas. Reported per replica, so the leader's subscribers (fed in process) and the
+//! followers' (through Redis) show the Redis hop.
 //!
 //! Reported: delivered data events per second against expected (subscribers × 1/s), latency
 //! from each interval's due time (when the simulator sends its frame: the logical timestamp
@@ -61,8 +69,8 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Starts the release gateway with an inventory of one metric with `series` series.
-fn start_gateway(series: usize, extra_env: &[(&str, String)]) -> Gateway {
+/// An inventory of one metric with `series` series.
+fn write_inventory(series: usize) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("sfgw-fanout-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let inventory = dir.join("inventory.toml");
@@ -72,6 +80,12 @@ fn start_gateway(series: usize, extra_env: &[(&str, String)]) -> Gateway {
         ids.join(", ")
     );
     std::fs::write(&inventory, toml).unwrap();
+    inventory
+}
+
+/// Starts the release gateway with an inventory of one metric with `series` series.
+fn start_gateway(series: usize, extra_env: &[(&str, String)]) -> Gateway {
+    let inventory = write_inventory(series);
     let mut env = vec![
         ("SFGW_SIMULATOR__INVENTORY", inventory.display().to_string()),
         ("SFGW_LIMITS__MAX_SUBSCRIBERS_PER_COMPUTATION", "19000".to_owned()),
@@ -173,6 +187,7 @@ struct Args {
     requests: usize,
     seconds: u64,
     series: usize,
+    replicas: usize,
 }
 
 fn parse_args() -> Args {
@@ -183,6 +198,7 @@ fn parse_args() -> Args {
         requests: 1000,
         seconds: 30,
         series: 100,
+        replicas: 3,
     };
     let mut it = std::env::args().skip(1).filter(|a| a != "--bench");
     while let Some(a) = it.next() {
@@ -193,6 +209,7 @@ fn parse_args() -> Args {
             "--requests" => args.requests = value(),
             "--seconds" => args.seconds = value() as u64,
             "--series" => args.series = value(),
+            "--replicas" => args.replicas = value(),
             s if !s.starts_with('-') => args.scenario = s.to_owned(),
             other => panic!("unknown argument {other}"),
         }
@@ -215,13 +232,14 @@ async fn main() {
         "fanout" => fanout(&args).await,
         "distinct" => distinct(&args).await,
         "dedup" => dedup(&args).await,
+        "cluster" => cluster(&args).await,
         // Idle keep-alive connections (GET /healthz, then nothing): the server's own cost per
         // connection, to compare with a subscriber's.
         "idle" => {
             let gateway = start_gateway(args.series, &[]);
             measure(&gateway, vec!["/healthz".to_owned(); args.subscribers], "idle", args.seconds).await;
         }
-        other => panic!("unknown scenario {other} (fanout, distinct, dedup)"),
+        other => panic!("unknown scenario {other} (fanout, distinct, dedup, cluster, idle)"),
     }
 }
 
@@ -334,4 +352,146 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A child process killed on drop (Redis, the standalone simulator).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Three (or `--replicas`) gateways in cluster mode on one Redis, against one standalone
+/// simulator; `--replicas 0` is the same with one gateway and no cluster mode.
+async fn cluster(args: &Args) {
+    use std::io::BufRead;
+    let binary = env!("CARGO_BIN_EXE_signalflow-gateway");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _redis = Killed(
+        std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server"),
+    );
+    let inventory = write_inventory(args.series);
+    let mut sim = std::process::Command::new(binary)
+        .args(["simulate", "--listen", "127.0.0.1:0", "--inventory"])
+        .arg(&inventory)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the simulator");
+    let mut lines = std::io::BufReader::new(sim.stdout.take().unwrap()).lines();
+    let ws = loop {
+        let line = lines.next().expect("simulator output").unwrap();
+        if let Some(rest) = line.strip_prefix("SignalFlow simulator: ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let sim = Killed(sim);
+    let control = ws.trim_start_matches("ws://").split('/').next().unwrap().to_owned();
+    let n = args.replicas.max(1);
+    let mut gateways = Vec::new();
+    for i in 0..n {
+        let mut env = vec![
+            ("SFGW_UPSTREAM__URL", ws.clone()),
+            ("SFGW_LIMITS__MAX_SUBSCRIBERS_PER_COMPUTATION", "19000".to_owned()),
+            ("SFGW_LIMITS__MAX_SUBSCRIBERS_TOTAL", "19000".to_owned()),
+        ];
+        if args.replicas > 0 {
+            env.push(("SFGW_CLUSTER__REDIS_URL", format!("redis://127.0.0.1:{port}/0")));
+            env.push(("SFGW_CLUSTER__NODE_ID", format!("replica-{i}")));
+        }
+        gateways.push(Gateway::start(binary, &env));
+    }
+    // Ready: the upstream socket and (cluster mode) Redis.
+    for g in &gateways {
+        while http(&g.addr, "GET", "/readyz", "").await.0 != 200 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let (status, body) =
+        http(&gateways[0].addr, "POST", "/computations", r#"{"program":"data('load.metric').publish()"}"#).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body.split("\"id\":\"").nth(1).and_then(|s| s.split('"').next()).expect("an id").to_owned();
+    let path = format!("/computations/{id}/events");
+    let loads: Vec<Arc<Load>> = (0..n)
+        .map(|_| {
+            Arc::new(Load {
+                events: AtomicU64::new(0),
+                connected: AtomicUsize::new(0),
+                failed: AtomicUsize::new(0),
+                latency: Histogram::new(),
+                measuring: false.into(),
+            })
+        })
+        .collect();
+    let ramp = Instant::now();
+    for i in 0..args.subscribers {
+        tokio::spawn(subscribe(gateways[i % n].addr.clone(), path.clone(), loads[i % n].clone()));
+        if i % 100 == 99 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let settled = |l: &Load| l.connected.load(Ordering::Relaxed) + l.failed.load(Ordering::Relaxed);
+    while loads.iter().map(|l| settled(l)).sum::<usize>() < args.subscribers {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("{} subscribers connected in {:.1}s", args.subscribers, ramp.elapsed().as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cpu0: Vec<f64> = gateways.iter().map(|g| usage(g.child.id()).0).collect();
+    for l in &loads {
+        l.measuring.store(true, Ordering::Relaxed);
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    for l in &loads {
+        l.measuring.store(false, Ordering::Relaxed);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mode = if args.replicas == 0 { "single" } else { "cluster" };
+    let mut all = vec![0u64; 10_001];
+    for (i, (g, l)) in gateways.iter().zip(&loads).enumerate() {
+        let (cpu1, rss) = usage(g.child.id());
+        let counts = l.latency.snapshot();
+        for (a, c) in all.iter_mut().zip(&counts) {
+            *a += c;
+        }
+        let subscribers = args.subscribers / n + usize::from(i < args.subscribers % n);
+        let role = if args.replicas == 0 {
+            "single"
+        } else if i == 0 {
+            "leader"
+        } else {
+            "follower"
+        };
+        println!(
+            "{mode} replica {i} ({role}): subscribers={subscribers} delivered={:.0}/s expected={subscribers}/s ratio={:.3} p50={}ms p99={}ms max={}ms cpu={:.0}% rss={:.1}MiB",
+            l.events.load(Ordering::Relaxed) as f64 / elapsed,
+            l.events.load(Ordering::Relaxed) as f64 / (subscribers as f64 * elapsed),
+            percentile(&counts, 0.5),
+            percentile(&counts, 0.99),
+            percentile(&counts, 1.0),
+            (cpu1 - cpu0[i]) / elapsed * 100.0,
+            rss as f64 / 1048576.0,
+        );
+    }
+    let delivered: u64 = loads.iter().map(|l| l.events.load(Ordering::Relaxed)).sum();
+    let (_, jobs) = http(&control, "GET", "/_sim/jobs", "").await;
+    println!(
+        "{mode} total: replicas={n} subscribers={} delivered={:.0}/s ratio={:.3} p50={}ms p99={}ms upstream_jobs={}",
+        args.subscribers,
+        delivered as f64 / elapsed,
+        delivered as f64 / (args.subscribers as f64 * elapsed),
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+        jobs.matches("\"handle\"").count()
+    );
+    drop(gateways);
+    drop(sim);
 }

@@ -75,11 +75,15 @@ def seconds(text):
 
 
 def settings_tree():
-    """{struct name: {field: type}} of src/config.rs's settings structs, and the root struct."""
-    source = CONFIG_RS.read_text()
+    """{struct name: {field: type}} of the settings structs: src/config.rs's, and those a module
+    owns in its settings.rs (composed into config.rs as one field, e.g. `cluster`)."""
+    sources = [CONFIG_RS.read_text()] + [p.read_text() for p in sorted((ROOT / "src").glob("*/settings.rs"))]
     structs = {}
-    for name, body in re.findall(r"pub struct (\w+) \{(.*?)\n\}", source, re.S):
-        structs[name] = dict(re.findall(r"^\s*pub (\w+): ([^,]+),", body, re.M))
+    for source in sources:
+        for name, body in re.findall(r"pub struct (\w+) \{(.*?)\n\}", source, re.S):
+            fields = re.findall(r"^\s*pub (\w+): ([^,]+),", body, re.M)
+            # `crate::cluster::ClusterSettings` → `ClusterSettings`.
+            structs[name] = {field: kind.strip().split("::")[-1] for field, kind in fields}
     if "Settings" not in structs:
         sys.exit(f"check_deploy: no `pub struct Settings` in {CONFIG_RS}")
     return structs
@@ -178,8 +182,12 @@ def check_compose():
                 problem(at, f"depends_on {target!r} is service_healthy but {target} has no healthcheck here "
                             "(the image's own HEALTHCHECK probes the gateway port)")
         command = svc.get("command")
+        # Services of other images (Redis, a proxy) run their own commands and shutdowns.
+        gateway_image = "build" in svc or str(svc.get("image", "")).startswith("signalflow-gateway")
+        words = []
         if command is not None:
             words = command.split() if isinstance(command, str) else command
+        if command is not None and gateway_image:
             if not words or words[0] not in SUBCOMMANDS:
                 problem(at, f"command {command!r}: not a signalflow-gateway subcommand {sorted(SUBCOMMANDS)}")
         env = svc.get("environment", {})
@@ -187,7 +195,7 @@ def check_compose():
             env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
         for var in env:
             check_env_name(at, var)
-        runs_gateway = command is None or (words and words[0] == "serve")
+        runs_gateway = gateway_image and (command is None or (words and words[0] == "serve"))
         if runs_gateway:
             budget = drain_budget(env)
             grace = seconds(svc.get("stop_grace_period", "10s"))

@@ -22,6 +22,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     hub: Hub,
+    cluster: Option<crate::cluster::Cluster>,
     simulator: Option<SimulatorHandle>,
     cancel: CancellationToken,
     settings: Arc<Settings>,
@@ -38,6 +39,8 @@ pub enum BuildError {
     Inventory { path: String, reason: String },
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 impl Application {
@@ -87,23 +90,31 @@ impl Application {
         let hub = Hub::new(pools, hub_settings, cancel.child_token());
         warn_if_exposed(&settings);
         let settings = Arc::new(settings);
+        let cluster = match settings.cluster.enabled() {
+            true => Some(crate::cluster::Cluster::start(settings.cluster.clone(), hub.clone(), cancel.child_token())?),
+            false => None,
+        };
         let cache = Arc::new(crate::cache::ResultsCache::new(settings.cache.clone()));
         let cache_stats = {
             let cache = cache.clone();
             move || cache.stats()
         };
-        let metrics = Arc::new(crate::metrics::Metrics::new(hub.clone(), cache_stats));
+        let mut metrics = crate::metrics::Metrics::new(hub.clone(), cache_stats);
+        if let Some(cluster) = &cluster {
+            metrics = metrics.with_cluster(cluster.clone());
+        }
+        let metrics = Arc::new(metrics);
         let http_settings = Arc::new(HttpSettings {
             auth: settings.auth.clone(),
             cors: settings.cors.clone(),
             websocket: settings.websocket.clone(),
         });
-        let state = AppState { hub: hub.clone(), settings: http_settings, metrics, cache };
+        let state = AppState { hub: hub.clone(), cluster: cluster.clone(), settings: http_settings, metrics, cache };
         let mut router = http::router(state);
         if let Some(sim) = &simulator {
             router = router.merge(simulator::control::routes(sim.state.clone()));
         }
-        Ok(Application { listener, router, hub, simulator, cancel, settings, tls })
+        Ok(Application { listener, router, hub, cluster, simulator, cancel, settings, tls })
     }
 
     /// Whether the listener speaks TLS (`https://`, `wss://`).
@@ -127,7 +138,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then drains within the drain timeout.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Application { listener, router, hub, simulator, cancel, settings, tls } = self;
+        let Application { listener, router, hub, cluster, simulator, cancel, settings, tls } = self;
         let stopping = CancellationToken::new();
         let signal = stopping.clone();
         // Ended below whatever happens, so it never outlives the server.
@@ -163,6 +174,10 @@ impl Application {
             // A client that never reads its last bytes must not hold the process.
             _ = async { stopping.cancelled().await; tokio::time::sleep(limit + std::time::Duration::from_secs(1)).await } => Ok(()),
         };
+        // Leaders have let go of their leases (another replica takes over); relays end.
+        if let Some(cluster) = cluster {
+            cluster.shutdown(limit / 2).await;
+        }
         // Every pool stops its jobs (with the shutdown reason) and closes its sockets.
         let pools = hub.pools().all();
         futures::future::join_all(pools.iter().map(|p| p.shutdown(limit / 2))).await;

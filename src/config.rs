@@ -40,6 +40,8 @@ pub struct Settings {
     pub tls: TlsSettings,
     /// The results cache for bounded queries (`cache.*`).
     pub cache: crate::cache::CacheSettings,
+    /// Cluster mode (many replicas sharing jobs through Redis); off without `redis_url`.
+    pub cluster: crate::cluster::ClusterSettings,
     /// Longest a graceful shutdown may take.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -60,6 +62,7 @@ impl Default for Settings {
             websocket: WebsocketSettings::default(),
             tls: TlsSettings::default(),
             cache: crate::cache::CacheSettings::default(),
+            cluster: crate::cluster::ClusterSettings::default(),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -299,6 +302,20 @@ mod tests {
         leaves(&Settings::default().redacted(), "", &mut paths);
         let missing: Vec<&String> = paths.iter().filter(|p| !documented(&rows, p)).collect();
         assert!(missing.is_empty(), "settings missing from README.md's table: {missing:?}");
+    }
+
+    #[test]
+    fn cluster_settings_read_from_a_file_and_mask_the_redis_password() {
+        let s: Settings = toml::from_str(
+            "[cluster]\nredis_url = \"redis://u:s3cret@redis:6379/0\"\nlease = \"3s\"\nnode_id = \"a\"\n",
+        )
+        .unwrap();
+        assert!(s.cluster.enabled());
+        assert_eq!(s.cluster.lease, Duration::from_secs(3));
+        let dump = s.redacted();
+        assert_eq!(dump["cluster"]["redis_url"], "redis://***@redis:6379/0");
+        assert!(!dump.to_string().contains("s3cret"));
+        assert!(!Settings::default().cluster.enabled(), "cluster mode is off by default");
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! - [`hub`]: computations and fan-out — sharing, replay ring, subscriber queues. Knows nothing
 //!   of HTTP.
 //! - [`upstream`]: the pooled, self-healing SignalFlow websocket client.
+//! - [`cluster`]: cluster mode — replicas sharing one upstream job per computation through
+//!   Redis (fleet-wide ids, leases with fencing epochs, relays into the hub's fan-out).
 //! - [`protocol`]: the SignalFlow wire format (requests, server messages, binary frames, TSIDs);
 //!   pure code with no I/O, shared by the upstream client and the built-in simulator.
 //! - [`simulator`]: the built-in SignalFlow backend (websocket server, language, inventory,
@@ -30,6 +32,7 @@
 pub mod app;
 pub mod cache;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzz_targets;

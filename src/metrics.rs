@@ -8,6 +8,7 @@
 //! the label set is bounded by the routes; unknown routes share one `unmatched` label.
 
 use crate::cache::CacheStats;
+use crate::cluster::Cluster;
 use crate::hub::{Hub, LATENCY_BUCKETS_US, Pools};
 use crate::upstream::pool::PoolStats;
 use prometheus_client::collector::Collector;
@@ -50,6 +51,12 @@ impl Metrics {
         registry.register_collector(Box::new(GatewayCollector { hub }));
         registry.register_collector(Box::new(CacheCollector(Box::new(cache_stats))));
         Self { registry, http_requests }
+    }
+
+    /// Adds cluster mode's `sfgw_cluster_*` families.
+    pub fn with_cluster(mut self, cluster: Cluster) -> Self {
+        self.registry.register_collector(Box::new(ClusterCollector(cluster)));
+        self
     }
 
     /// Counts one answered request.
@@ -226,6 +233,52 @@ impl Collector for CacheCollector {
             "Estimated bytes of the recorded streams",
             stats.streams.bytes as i64,
         )
+    }
+}
+
+/// Cluster mode's leases, relays and Redis traffic (only when `cluster.redis_url` is set).
+struct ClusterCollector(Cluster);
+
+impl std::fmt::Debug for ClusterCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterCollector")
+    }
+}
+
+impl Collector for ClusterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let s = self.0.stats();
+        gauge(&mut encoder, "sfgw_cluster_redis_up", "1 while the cluster's Redis answers", i64::from(s.redis_up))?;
+        gauge(
+            &mut encoder,
+            "sfgw_cluster_leading",
+            "Computations whose upstream job this replica runs",
+            s.leading as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "sfgw_cluster_relaying",
+            "Computations this replica serves from the cluster",
+            s.relaying as i64,
+        )?;
+        let counters: [(&str, &str, u64); 8] = [
+            ("sfgw_cluster_leaderships", "Leases taken (new computations and takeovers)", s.leaderships),
+            ("sfgw_cluster_takeovers", "Leases taken over from a replica that was lost", s.takeovers),
+            ("sfgw_cluster_leaderships_lost", "Leases lost to a newer epoch", s.leaderships_lost),
+            ("sfgw_cluster_published", "Events and ends published to Redis", s.published),
+            (
+                "sfgw_cluster_publish_dropped",
+                "Events not published (queue full while Redis was away)",
+                s.publish_dropped,
+            ),
+            ("sfgw_cluster_publish_refused", "Publishes refused for a stale epoch", s.publish_refused),
+            ("sfgw_cluster_relayed", "Events read from Redis for this replica's subscribers", s.relayed),
+            ("sfgw_cluster_redis_errors", "Redis commands that failed", s.redis_errors),
+        ];
+        for (name, help, value) in counters {
+            counter(&mut encoder, name, help, value)?;
+        }
+        Ok(())
     }
 }
 

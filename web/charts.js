@@ -173,12 +173,17 @@ export class Charts {
   schedule() {
     if (this.scheduled) return;
     this.scheduled = true;
-    const flush = () => {
-      this.scheduled = false;
-      this.dirty.forEach((c) => c.render());
-      this.dirty.clear();
+    const frame = () => {
+      if (this.scheduled) this.flush();
     };
-    if (document.hidden) setTimeout(flush, 250);
-    else requestAnimationFrame(flush);
+    if (document.hidden) setTimeout(frame, 250);
+    else requestAnimationFrame(frame);
+  }
+
+  /** Draws what is pending now (a stream that ended shows all it received at once). */
+  flush() {
+    this.scheduled = false;
+    this.dirty.forEach((c) => c.render());
+    this.dirty.clear();
   }
 }

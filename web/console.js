@@ -201,6 +201,7 @@ function onConnectionError(source) {
 function end(reason, state = "ended") {
   current.ended = true;
   current.source.close();
+  charts.flush();
   $("stop-button").disabled = true;
   setStatus(state, `Ended: ${reason}`);
   log("end", reason);

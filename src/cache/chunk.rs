@@ -237,6 +237,8 @@ pub async fn collect_rows(
             let upstream = match &event.kind {
                 EventKind::Notice(Notice::ReplayIncomplete) => return Err(CollectError::Incomplete),
                 EventKind::Notice(_) => continue,
+                // The cache's jobs run on this replica, so nothing here is relayed.
+                EventKind::Relayed(_) => continue,
                 EventKind::Upstream(upstream) => upstream,
             };
             match upstream {

@@ -66,6 +66,25 @@ pub async fn create_entry(
     Ok((created.entry, created.new))
 }
 
+/// [`create_entry`] for the `/computations` API: in cluster mode the computation is shared
+/// fleet-wide (one job across the replicas), otherwise it is this process's.
+pub async fn create_shared_entry(
+    state: &AppState,
+    tenant: &Tenant,
+    raw: RawSpec,
+    share: bool,
+) -> Result<(Arc<Entry>, bool), ApiError> {
+    let Some(cluster) = &state.cluster else { return create_entry(state, tenant, raw, share).await };
+    let spec = ComputationSpec::from_raw(raw, state.hub.settings().limits.max_program_bytes, crate::clock::now_ms())?;
+    let created = cluster.create(spec, tenant, share).await?;
+    if let Phase::Ended(Terminal::Error(error)) = state.hub.wait_started(&created.entry).await {
+        // Not listed here, as without cluster mode (the cluster's record has ended too).
+        state.hub.discard(&created.entry);
+        return Err(ApiError::program(&error));
+    }
+    Ok((created.entry, created.new))
+}
+
 /// `POST /computations` query parameters.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,11 +119,11 @@ pub async fn create(
         if let Some(response) = super::events::cached_stream(&state, &tenant, &raw, format, use_cache).await? {
             return Ok(response);
         }
-        let (entry, _) = create_entry(&state, &tenant, raw, share).await?;
+        let (entry, _) = create_shared_entry(&state, &tenant, raw, share).await?;
         let outcome = entry.subscribe(None, format).await.ok_or_else(|| ApiError::not_found("the computation"))?;
         return super::events::respond(outcome, format);
     }
-    let (entry, new) = create_entry(&state, &tenant, raw, share).await?;
+    let (entry, new) = create_shared_entry(&state, &tenant, raw, share).await?;
     let status = if new { StatusCode::CREATED } else { StatusCode::OK };
     let mut response = (status, Json(view(&entry))).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/computations/{}", entry.id)) {
@@ -114,12 +133,61 @@ pub async fn create(
 }
 
 pub async fn list(State(state): State<AppState>, tenant: Tenant) -> Json<Value> {
-    let computations: Vec<Value> = state.hub.list(&tenant.id).iter().map(|e| view(e)).collect();
-    Json(json!({ "computations": computations }))
+    let local = state.hub.list(&tenant.id);
+    let mut computations: Vec<Value> = local.iter().map(|e| view(e)).collect();
+    let mut incomplete = None;
+    if let Some(cluster) = &state.cluster {
+        // The fleet's other computations, as the cluster records them; this replica's own
+        // while Redis is away.
+        let ids: Vec<String> = local.iter().map(|e| e.id.clone()).collect();
+        match cluster.list_remote(&tenant.id, &ids).await {
+            Ok(remote) => computations.extend(remote.iter().map(remote_view)),
+            Err(e) => incomplete = Some(e.to_string()),
+        }
+    }
+    let mut body = json!({ "computations": computations });
+    if let Some(reason) = incomplete {
+        body["incomplete"] = Value::String(reason);
+    }
+    Json(body)
 }
 
-fn entry(state: &AppState, tenant: &Tenant, id: &str) -> Result<Arc<Entry>, ApiError> {
-    state.hub.get(id, &tenant.id).ok_or_else(|| ApiError::not_found(&format!("computation {id:?}")))
+/// A computation this replica does not relay, from the cluster's record.
+fn remote_view(r: &crate::cluster::RemoteSummary) -> Value {
+    let resolved = r.spec.to_execute(r.created_at_ms);
+    let id = &r.id;
+    json!({
+        "id": id,
+        "status": if r.stopping { "stopping" } else if r.leader.is_some() { "running" } else { "reconnecting" },
+        "program": r.spec.program,
+        "start": resolved.start,
+        "stop": resolved.stop,
+        "resolution": r.spec.resolution_ms,
+        "maxDelay": r.spec.max_delay_ms,
+        "immediate": r.spec.immediate,
+        "timezone": r.spec.timezone,
+        "createdAtMs": r.created_at_ms,
+        "handle": r.handle,
+        "lastLogicalTimestampMs": r.last_complete_ms,
+        "leader": r.leader,
+        "links": {
+            "self": format!("/computations/{id}"),
+            "events": format!("/computations/{id}/events"),
+            "metadata": format!("/computations/{id}/metadata"),
+        },
+    })
+}
+
+/// The computation `id` of `tenant`; in cluster mode, relayed here if another replica runs it.
+pub async fn entry(state: &AppState, tenant: &Tenant, id: &str) -> Result<Arc<Entry>, ApiError> {
+    let not_found = || ApiError::not_found(&format!("computation {id:?}"));
+    match &state.cluster {
+        None => state.hub.get(id, &tenant.id).ok_or_else(not_found),
+        Some(cluster) => match cluster.get(id, tenant).await {
+            Err(crate::cluster::ClusterError::NotFound) => Err(not_found()),
+            other => Ok(other?),
+        },
+    }
 }
 
 pub async fn read(
@@ -127,7 +195,7 @@ pub async fn read(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let entry = entry(&state, &tenant, &id)?;
+    let entry = entry(&state, &tenant, &id).await?;
     Ok(Json(view(&entry)))
 }
 
@@ -142,12 +210,15 @@ pub async fn stop(
     Path(id): Path<String>,
     Query(query): Query<StopQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let entry = entry(&state, &tenant, &id)?;
+    let entry = entry(&state, &tenant, &id).await?;
     if entry.is_ended() {
         return Err(ApiError::conflict(format!("computation {id:?} has already ended")));
     }
     let reason = stop_reason(query.reason)?;
-    state.hub.stop(&entry, &reason).await;
+    match &state.cluster {
+        Some(cluster) => cluster.stop(&entry, &reason).await?,
+        None => state.hub.stop(&entry, &reason).await,
+    }
     Ok(Json(view(&entry)))
 }
 
@@ -165,7 +236,7 @@ pub async fn metadata(
     tenant: Tenant,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let entry = entry(&state, &tenant, &id)?;
+    let entry = entry(&state, &tenant, &id).await?;
     let series: Vec<Value> =
         entry.metadata_snapshot().iter().map(|m| json!({ "tsId": m.tsid, "properties": m.properties })).collect();
     Ok(Json(json!({ "series": series })))
@@ -176,7 +247,7 @@ pub async fn one_metadata(
     tenant: Tenant,
     Path((id, tsid)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let entry = entry(&state, &tenant, &id)?;
+    let entry = entry(&state, &tenant, &id).await?;
     let tsid = Tsid::parse(&tsid).map_err(|e| ApiError::invalid("tsId", e.to_string()))?;
     let m = entry.series_metadata(tsid).ok_or_else(|| ApiError::not_found(&format!("series {tsid}")))?;
     Ok(Json(json!({ "tsId": m.tsid, "properties": m.properties })))
@@ -227,6 +298,7 @@ pub fn view(entry: &Entry) -> Value {
         "series": upstream.series_count,
         "lastLogicalTimestampMs": upstream.last_complete_ms,
         "lastEventId": entry.last_seq.load(Ordering::Relaxed),
+        "leader": entry.leader().as_deref(),
         "reconnects": upstream.reconnects,
         "limitedResultSet": upstream.limited_result_set.map(|(matched, limit)| json!({ "matched": matched, "limit": limit })),
         "error": error,

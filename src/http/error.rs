@@ -122,6 +122,28 @@ impl From<SpecError> for ApiError {
     }
 }
 
+impl From<crate::cluster::ClusterError> for ApiError {
+    fn from(e: crate::cluster::ClusterError) -> Self {
+        use crate::cluster::ClusterError;
+        match e {
+            ClusterError::Hub(e) => e.into(),
+            ClusterError::NotFound => ApiError::not_found("the computation"),
+            ClusterError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster-unavailable",
+                "Cluster unavailable",
+                e.to_string(),
+            ),
+            ClusterError::Corrupt(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cluster-corrupt",
+                "Cluster record unreadable",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
 impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
         match e {

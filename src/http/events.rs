@@ -6,7 +6,7 @@
 //! program error on a one-shot stream is a 400 before any byte is streamed.
 
 use super::AppState;
-use super::computations::{create_entry, header_str};
+use super::computations::{create_entry, create_shared_entry, header_str};
 use super::error::ApiError;
 use crate::hub::computation::retry_prelude;
 use crate::hub::stream::Subscription;
@@ -63,7 +63,7 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let last = last_event_id(&headers, query.last_event_id.as_deref())?;
-    let entry = state.hub.get(&id, &tenant.id).ok_or_else(|| ApiError::not_found(&format!("computation {id:?}")))?;
+    let entry = super::computations::entry(&state, &tenant, &id).await?;
     let outcome = entry
         .subscribe(last, format(&headers))
         .await
@@ -162,7 +162,16 @@ pub async fn one_shot(
     if let Some(seen) = last {
         let now = crate::clock::now_ms();
         let spec = ComputationSpec::from_raw(raw.clone(), state.hub.settings().limits.max_program_bytes, now)?;
-        if let Some(entry) = state.hub.find_by_key(&spec.key(&tenant.id, now))
+        let key = spec.key(&tenant.id, now);
+        let found = match &state.cluster {
+            // The fleet-wide id of a shared one-shot stream is its key's.
+            Some(_) if share => {
+                super::computations::entry(&state, &tenant, &crate::cluster::keys::shared_id(&key)).await.ok()
+            }
+            Some(_) => None,
+            None => state.hub.find_by_key(&key),
+        };
+        if let Some(entry) = found
             && let Some(outcome) = entry.subscribe(Some(seen), format).await
         {
             return respond(outcome, format);
@@ -174,7 +183,7 @@ pub async fn one_shot(
     {
         return Ok(response);
     }
-    let (entry, _new) = create_entry(&state, &tenant, raw, share).await?;
+    let (entry, _new) = create_shared_entry(&state, &tenant, raw, share).await?;
     let outcome = entry.subscribe(None, format).await.ok_or_else(|| ApiError::not_found("the computation"))?;
     respond(outcome, format)
 }

@@ -17,6 +17,13 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     let pools = state.hub.pools();
     let all = pools.all();
     let sockets: usize = all.iter().map(|p| p.status().sockets_authenticated).sum();
+    if let Some(cluster) = state.cluster.as_ref().filter(|c| !c.is_up()) {
+        let reason = format!("cluster node {}: Redis does not answer", cluster.node());
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not-ready", "Not ready", reason.clone())
+            .with("ready", false)
+            .with("reason", reason)
+            .into_response();
+    }
     if pools.is_ready() && !state.hub.is_shutting_down() {
         Json(json!({ "ready": true, "upstreamSockets": sockets })).into_response()
     } else {

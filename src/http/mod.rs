@@ -40,6 +40,8 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct AppState {
     pub hub: Hub,
+    /// Cluster mode: the `/computations` API's computations are shared through Redis.
+    pub cluster: Option<crate::cluster::Cluster>,
     pub settings: Arc<HttpSettings>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The results cache of bounded queries (its shared jobs end with an API error).

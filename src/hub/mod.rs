@@ -16,13 +16,13 @@ pub mod spec;
 pub mod stream;
 pub mod tenant;
 
-pub use computation::{Entry, Phase, SubscribeOutcome};
+pub use computation::{EPOCH_FACTOR, Entry, Phase, RelayInput, RelayTag, RelayedEvent, SubscribeOutcome};
 pub use settings::{HubSettings, Limits, StreamSettings, TenancySettings};
 pub use spec::{ComputationSpec, RawSpec, SpecError, SpecErrorKind, SpecKey, TimeSpec};
 pub use stream::Format;
 pub use tenant::{Pools, Tenant};
 
-use crate::upstream::{ConnectError, UpstreamError};
+use crate::upstream::{Computation, ConnectError, UpstreamError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -97,6 +97,17 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// A computation relayed from the cluster, for [`Hub::relay`].
+pub struct RelayComputation {
+    pub id: String,
+    pub spec: ComputationSpec,
+    pub key: SpecKey,
+    pub tenant: String,
+    pub created_at_ms: i64,
+    pub control: crate::upstream::ComputationControl,
+    pub input: tokio::sync::mpsc::Receiver<RelayInput>,
 }
 
 /// The result of a create.
@@ -262,14 +273,7 @@ impl Hub {
         share: bool,
     ) -> Result<Arc<Entry>, HubError> {
         let _reserved = self.reserve_slot()?;
-        let pool = self.inner.pools.for_tenant(tenant)?;
-        if !pool.wait_ready(self.inner.settings.ready_wait).await {
-            return Err(HubError::UpstreamUnavailable(pool.status().last_error));
-        }
-        let computation = pool.execute(spec.to_execute(now)).await.map_err(|e| match e {
-            UpstreamError::PoolFull(jobs) => HubError::UpstreamFull { jobs },
-            UpstreamError::Closed => HubError::ShuttingDown,
-        })?;
+        let computation = self.execute(spec.to_execute(now), tenant).await?;
         let (events, control) = computation.into_parts();
         let id = new_id();
         let new = computation::NewComputation {
@@ -278,7 +282,7 @@ impl Hub {
             key: key.clone(),
             tenant: tenant.id.to_string(),
             control,
-            events,
+            events: computation::Source::Upstream(events),
             now_ms: now,
         };
         let entry = computation::start(&self.inner, new);
@@ -288,6 +292,44 @@ impl Hub {
         }
         self.inner.stats.computations_created.fetch_add(1, Ordering::Relaxed);
         tracing::info!(computation = %entry.id, "computation created");
+        Ok(entry)
+    }
+
+    /// Runs a job upstream for `tenant` without a hub computation around it (a cluster leader
+    /// publishes its events itself).
+    pub async fn execute(&self, spec: crate::upstream::ExecuteSpec, tenant: &Tenant) -> Result<Computation, HubError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(HubError::ShuttingDown);
+        }
+        let pool = self.inner.pools.for_tenant(tenant)?;
+        if !pool.wait_ready(self.inner.settings.ready_wait).await {
+            return Err(HubError::UpstreamUnavailable(pool.status().last_error));
+        }
+        pool.execute(spec).await.map_err(|e| match e {
+            UpstreamError::PoolFull(jobs) => HubError::UpstreamFull { jobs },
+            UpstreamError::Closed => HubError::ShuttingDown,
+        })
+    }
+
+    /// Registers a computation whose job may run on another replica (cluster mode): its pump
+    /// is fed by `input`, and it is shared by id (the cluster's), not by the hub's sharing key.
+    pub fn relay(&self, relay: RelayComputation) -> Result<Arc<Entry>, HubError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(HubError::ShuttingDown);
+        }
+        let _reserved = self.reserve_slot()?;
+        let RelayComputation { id, spec, key, tenant, created_at_ms, control, input } = relay;
+        let new = computation::NewComputation {
+            id: id.clone(),
+            spec,
+            key,
+            tenant,
+            control,
+            events: computation::Source::Relay(input),
+            now_ms: created_at_ms,
+        };
+        let entry = computation::start(&self.inner, new);
+        self.inner.entries.lock().insert(id, entry.clone());
         Ok(entry)
     }
 

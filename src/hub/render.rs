@@ -31,6 +31,23 @@ pub enum Notice {
 pub enum EventKind {
     Upstream(UpstreamEvent),
     Notice(Notice),
+    /// An event another replica rendered (cluster mode): its name and, for the last event,
+    /// how the computation ended; its bytes are as that replica rendered them.
+    Relayed(Relayed),
+}
+
+/// What a replica knows of an event it relays from the cluster without decoding its JSON.
+#[derive(Debug, Clone)]
+pub struct Relayed {
+    pub name: &'static str,
+    pub terminal: Option<Terminal>,
+}
+
+/// The event names a relayed event may carry, as `&'static str`.
+pub fn event_name(name: &str) -> Option<&'static str> {
+    ["data", "metadata", "control-message", "message", "event", "expired-tsid", "gateway", "error"]
+        .into_iter()
+        .find(|known| *known == name)
 }
 
 impl EventKind {
@@ -38,6 +55,7 @@ impl EventKind {
     pub fn name(&self) -> &'static str {
         match self {
             EventKind::Notice(_) => "gateway",
+            EventKind::Relayed(relayed) => relayed.name,
             EventKind::Upstream(event) => match event {
                 UpstreamEvent::Data(_) => "data",
                 UpstreamEvent::Metadata(_) => "metadata",
@@ -57,6 +75,7 @@ impl EventKind {
     pub fn terminal(&self) -> Option<&Terminal> {
         match self {
             EventKind::Upstream(UpstreamEvent::Ended(terminal)) => Some(terminal),
+            EventKind::Relayed(Relayed { terminal, .. }) => terminal.as_ref(),
             _ => None,
         }
     }
@@ -208,6 +227,8 @@ impl GatewayEvent {
                     abort("ABORTED", "the client did not keep up with the stream")
                 }
                 EventKind::Notice(_) => Bytes::new(),
+                EventKind::Relayed(Relayed { name: "gateway", .. }) => Bytes::new(),
+                EventKind::Relayed(_) => self.sse_without_id(),
                 EventKind::Upstream(event) => match event {
                     UpstreamEvent::Disconnected { .. }
                     | UpstreamEvent::Resumed { .. }

@@ -103,6 +103,8 @@ impl Collector {
         let upstream = match &event.kind {
             EventKind::Notice(Notice::ReplayIncomplete) => return Err(CollectError::Incomplete),
             EventKind::Notice(_) => return Ok(None),
+            // Whole results are collected by the replica that runs the job (see cluster).
+            EventKind::Relayed(relayed) => return Ok(relayed.terminal.clone()),
             EventKind::Upstream(upstream) => upstream,
         };
         match upstream {

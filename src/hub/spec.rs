@@ -240,6 +240,13 @@ impl ComputationSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SpecKey(String);
 
+impl SpecKey {
+    /// The key's text (tenant first), for deriving fleet-wide ids.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// `\r\n` → `\n`, trailing whitespace per line removed, surrounding blank lines removed.
 pub fn normalize_program(program: &str) -> String {
     let lines: Vec<&str> = program.split('\n').map(|l| l.trim_end()).collect();

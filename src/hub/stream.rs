@@ -80,6 +80,12 @@ impl ReplayRing {
         }
     }
 
+    /// Records that the ring does not start at the computation's first event (a relay that
+    /// joined late).
+    pub fn mark_incomplete(&mut self) {
+        self.evicted = true;
+    }
+
     /// True while nothing has been evicted: the ring holds the computation from its first event.
     pub fn is_complete(&self) -> bool {
         !self.evicted
@@ -115,7 +121,10 @@ impl ReplayRing {
             Some(oldest) => oldest <= last_seen + 1,
             None => false,
         };
-        if !complete {
+        // Ids are consecutive within a run but jump at a cluster leader change: an id that is
+        // not held (one a lost leader gave out) cannot be resumed exactly.
+        let known = self.oldest() == Some(last_seen + 1) || self.all().any(|e| e.seq == Some(last_seen));
+        if !complete || !known {
             return Replay::Incomplete { oldest: self.oldest() };
         }
         Replay::Complete(self.all().filter(|e| e.seq.is_some_and(|s| s > last_seen)).collect())

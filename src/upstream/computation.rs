@@ -315,3 +315,41 @@ impl Computation {
         (self.events, self.control)
     }
 }
+
+/// A computation whose job runs elsewhere (on a cluster peer): the control's stops and
+/// detaches come here instead of going to a socket, and the owner keeps its state.
+#[derive(Debug)]
+pub struct RemoteComputation {
+    shared: Arc<ComputationShared>,
+    slot: mpsc::Receiver<SlotCommand>,
+}
+
+/// What the control of a remote computation was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteRequest {
+    Stop(String),
+    Detach,
+}
+
+impl RemoteComputation {
+    /// A control and its remote end.
+    pub fn new(spec: ExecuteSpec) -> (ComputationControl, RemoteComputation) {
+        let (shared, _events) = ComputationShared::new(0, spec, 1);
+        let (tx, rx) = mpsc::channel(4);
+        (ComputationControl { shared: shared.clone(), slot: tx }, RemoteComputation { shared, slot: rx })
+    }
+
+    /// The next stop or detach asked of the control; `None` once every control is gone.
+    pub async fn request(&mut self) -> Option<RemoteRequest> {
+        match self.slot.recv().await? {
+            SlotCommand::Stop { reason, .. } => Some(RemoteRequest::Stop(reason)),
+            SlotCommand::Detach { .. } => Some(RemoteRequest::Detach),
+            SlotCommand::Execute(_) => Some(RemoteRequest::Detach),
+        }
+    }
+
+    /// Updates the state the control reports (short critical section).
+    pub fn update(&self, f: impl FnOnce(&mut ComputationState)) {
+        f(&mut self.shared.state());
+    }
+}

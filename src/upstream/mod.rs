@@ -18,8 +18,8 @@ pub(crate) mod record;
 pub mod settings;
 
 pub use computation::{
-    Batch, Computation, ComputationControl, ComputationError, ComputationState, EventReceiver, ExecuteSpec, Status,
-    Terminal, UpstreamEvent,
+    Batch, Computation, ComputationControl, ComputationError, ComputationState, EventReceiver, ExecuteSpec,
+    RemoteComputation, RemoteRequest, Status, Terminal, UpstreamEvent,
 };
 pub use connection::ConnectError;
 pub use pool::{Pool, PoolStatus, UpstreamConfig, UpstreamError};

@@ -4,6 +4,7 @@
 mod support;
 mod tools;
 
+mod cluster;
 mod compat_api;
 mod console;
 mod examples;

@@ -742,3 +742,233 @@ fn prepare_venv(name: &str, requirements_file: &str) -> Result<String, String> {
     std::fs::write(&stamp, &requirements).map_err(|e| format!("{stamp:?}: {e}"))?;
     Ok(python.display().to_string())
 }
+
+/// Cluster mode's parts as processes: a `redis-server` and gateway replicas (the built binary),
+/// each killed when dropped.
+pub mod cluster {
+    use super::WAIT;
+    use std::process::Stdio;
+    use std::time::Duration;
+    use tokio::io::AsyncBufReadExt;
+    use tokio::process::{Child, Command};
+
+    /// A free TCP port on loopback (bound, read, released).
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+
+    /// `redis-server --port P --save '' --appendonly no`: nothing survives a restart.
+    pub struct RedisServer {
+        pub port: u16,
+        child: Option<Child>,
+    }
+
+    impl RedisServer {
+        pub async fn start() -> Self {
+            let mut server = RedisServer { port: free_port(), child: None };
+            server.restart().await;
+            server
+        }
+
+        pub fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}/0", self.port)
+        }
+
+        /// Starts it (again, on the same port, empty) and waits until it answers.
+        pub async fn restart(&mut self) {
+            let child = Command::new("redis-server")
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("redis-server is installed (.ci/run installs it)");
+            self.child = Some(child);
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = [0u8; 7];
+                    if s.write_all(b"PING\r\n").await.is_ok()
+                        && s.read_exact(&mut buf).await.is_ok()
+                        && &buf == b"+PONG\r\n"
+                    {
+                        return;
+                    }
+                }
+                assert!(tokio::time::Instant::now() < deadline, "redis-server did not start");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+
+        /// SIGKILL, and waits for the exit.
+        pub async fn kill(&mut self) {
+            if let Some(mut child) = self.child.take() {
+                let _ = child.kill().await;
+            }
+        }
+    }
+
+    /// A gateway process in cluster mode.
+    pub struct Replica {
+        pub node: String,
+        pub base: String,
+        pub http: reqwest::Client,
+        child: Child,
+    }
+
+    impl Replica {
+        /// `serve` on port 0 against `upstream`, in cluster mode on `redis`; `env` adds settings.
+        pub async fn start(node: &str, upstream: &str, redis: &str, env: &[(&str, &str)]) -> Self {
+            let log = std::env::temp_dir().join(format!(
+                "sfgw-cluster-{}-{node}-{}.log",
+                redis.rsplit(':').next().unwrap_or("").replace('/', "-"),
+                std::process::id()
+            ));
+            let mut command = Command::new(env!("CARGO_BIN_EXE_signalflow-gateway"));
+            command
+                .args(["serve", "--listen", "127.0.0.1:0"])
+                .env("SFGW_UPSTREAM__URL", upstream)
+                .env("SFGW_CLUSTER__REDIS_URL", redis)
+                .env("SFGW_CLUSTER__NODE_ID", node)
+                .env("SFGW_CLUSTER__LEASE", "2s")
+                .env("SFGW_CLUSTER__TICK", "200ms")
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::piped())
+                .stderr(std::fs::File::create(&log).map(Stdio::from).unwrap_or_else(|_| Stdio::null()))
+                .kill_on_drop(true);
+            for (k, v) in env {
+                command.env(k, v);
+            }
+            let mut child = command.spawn().unwrap();
+            let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            let base = loop {
+                let line = tokio::time::timeout(WAIT, lines.next_line())
+                    .await
+                    .expect("the replica starts")
+                    .unwrap()
+                    .unwrap_or_else(|| panic!("{node} exited; see {}", log.display()));
+                if let Some(rest) = line.strip_prefix("signalflow-gateway listening on ") {
+                    break rest.to_owned();
+                }
+            };
+            // Keep reading stdout so the process never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            let replica = Replica { node: node.to_owned(), base, http: reqwest::Client::new(), child };
+            super::eventually(&format!("{node} is ready"), || async {
+                replica.http.get(replica.url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+            })
+            .await;
+            replica
+        }
+
+        pub fn url(&self, path: &str) -> String {
+            format!("{}{path}", self.base)
+        }
+
+        /// SIGKILL.
+        pub async fn kill(&mut self) {
+            let _ = self.child.kill().await;
+        }
+    }
+
+    /// An SSE stream read as raw frames (`id: …\nevent: …\ndata: …`), so replicas can be
+    /// compared byte for byte.
+    pub struct RawSse {
+        body: std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+        buf: Vec<u8>,
+    }
+
+    /// One SSE frame: its id (if any), name, data and exact bytes.
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Frame {
+        pub id: Option<u64>,
+        pub event: String,
+        pub data: serde_json::Value,
+        pub bytes: Vec<u8>,
+    }
+
+    impl RawSse {
+        pub async fn open(replica: &Replica, path: &str, last_event_id: Option<u64>, token: Option<&str>) -> Self {
+            let mut request = replica.http.get(replica.url(path)).header("accept", "text/event-stream");
+            if let Some(id) = last_event_id {
+                request = request.header("last-event-id", id.to_string());
+            }
+            if let Some(token) = token {
+                request = request.header("x-sf-token", token);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200, "GET {path} on {}", replica.node);
+            RawSse { body: Box::pin(response.bytes_stream()), buf: Vec::new() }
+        }
+
+        /// The next event frame (comments and `retry:` skipped); `None` when the stream ends.
+        /// Bounded by [`WAIT`] as a whole: heartbeats do not extend it.
+        pub async fn next(&mut self) -> Option<Frame> {
+            tokio::time::timeout(WAIT, self.next_frame()).await.expect("timed out waiting for an SSE event frame")
+        }
+
+        async fn next_frame(&mut self) -> Option<Frame> {
+            use futures::StreamExt;
+            loop {
+                if let Some(at) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                    let raw: Vec<u8> = self.buf.drain(..at + 2).collect();
+                    let text = String::from_utf8_lossy(&raw).into_owned();
+                    let mut frame = Frame { id: None, event: String::new(), data: serde_json::Value::Null, bytes: raw };
+                    for line in text.lines() {
+                        if let Some(v) = line.strip_prefix("id: ") {
+                            frame.id = v.parse().ok();
+                        } else if let Some(v) = line.strip_prefix("event: ") {
+                            frame.event = v.to_owned();
+                        } else if let Some(v) = line.strip_prefix("data: ") {
+                            frame.data = serde_json::from_str(v).unwrap_or_else(|e| panic!("{e}: {v}"));
+                        }
+                    }
+                    if frame.event.is_empty() {
+                        continue;
+                    }
+                    return Some(frame);
+                }
+                match self.body.next().await {
+                    Some(Ok(chunk)) => self.buf.extend_from_slice(&chunk),
+                    _ => return None,
+                }
+            }
+        }
+
+        /// Frames until (and including) the first that matches.
+        pub async fn until(&mut self, stop: impl Fn(&Frame) -> bool) -> Vec<Frame> {
+            let mut out = Vec::new();
+            while let Some(f) = self.next().await {
+                let done = stop(&f);
+                out.push(f);
+                if done {
+                    return out;
+                }
+            }
+            panic!("the stream ended before the expected frame: {out:?}");
+        }
+
+        /// Frames until `n` data frames have come.
+        pub async fn data(&mut self, n: usize) -> Vec<Frame> {
+            let mut seen = 0;
+            let mut out = Vec::new();
+            while seen < n {
+                let f = self.next().await.unwrap_or_else(|| panic!("the stream ended after {seen} data frames"));
+                seen += usize::from(f.event == "data");
+                out.push(f);
+            }
+            out
+        }
+    }
+
+    pub fn is_terminal(f: &Frame) -> bool {
+        f.event == "error"
+            || (f.event == "control-message"
+                && matches!(f.data["event"].as_str(), Some("END_OF_CHANNEL" | "CHANNEL_ABORT")))
+    }
+
+    pub fn gateway_notice(f: &Frame, name: &str) -> bool {
+        f.event == "gateway" && f.data["event"] == name
+    }
+}

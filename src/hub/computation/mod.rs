@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 mod pump;
 
+pub use pump::EPOCH_FACTOR;
 pub use pump::retry_prelude;
 
 /// Where a computation is in its life, as the gateway reports it.
@@ -72,6 +73,52 @@ pub struct Entry {
     /// The last read of the latest values: it keeps a computation nobody streams from alive
     /// as a subscriber would (until the idle timeout after the last read).
     polled_at: Mutex<Option<Instant>>,
+    /// False until a relayed computation has taken in what the cluster already holds (always
+    /// true for a computation run here).
+    synced: watch::Sender<bool>,
+    /// The node id of the replica running the job, for a relayed computation.
+    leader: Mutex<Option<Arc<str>>>,
+}
+
+/// Where a computation's events come from.
+pub enum Source {
+    /// The upstream job, run here.
+    Upstream(EventReceiver),
+    /// Events another replica rendered and published (cluster mode).
+    Relay(mpsc::Receiver<RelayInput>),
+}
+
+/// What a relay feeds a relayed computation's pump.
+pub enum RelayInput {
+    Event(RelayedEvent),
+    /// A series' metadata from the cluster's snapshot (no id: never a stream event).
+    Snapshot(Arc<MetadataMessage>),
+    /// Everything the cluster held at attach time has been fed.
+    CaughtUp,
+    /// This replica no longer relays the computation: the pump ends without a terminal event.
+    Detach,
+}
+
+/// One event rendered by the replica running the job.
+pub struct RelayedEvent {
+    /// Global id: epoch × 10¹² + sequence.
+    pub id: u64,
+    pub name: &'static str,
+    pub json: bytes::Bytes,
+    pub tag: RelayTag,
+    pub leader: Option<Arc<str>>,
+}
+
+/// What a relayed event means to the pump (its JSON is never parsed for this).
+pub enum RelayTag {
+    Other,
+    JobStarted(String),
+    Metadata(Arc<MetadataMessage>),
+    Expired(Tsid),
+    Data(i64),
+    Disconnected,
+    Resumed,
+    End(crate::upstream::Terminal),
 }
 
 impl Phase {
@@ -146,6 +193,18 @@ impl Entry {
     pub fn is_ended(&self) -> bool {
         matches!(*self.phase.borrow(), Phase::Ended(_))
     }
+
+    /// Waits (at most `limit`) until a relayed computation has taken in what the cluster
+    /// holds; true if it has.
+    pub async fn wait_synced(&self, limit: std::time::Duration) -> bool {
+        let mut synced = self.synced.subscribe();
+        matches!(tokio::time::timeout(limit, synced.wait_for(|s| *s)).await, Ok(Ok(_)))
+    }
+
+    /// The node id of the replica running the job, when another replica may run it.
+    pub fn leader(&self) -> Option<Arc<str>> {
+        self.leader.lock().clone()
+    }
 }
 
 /// What a new computation starts from.
@@ -155,7 +214,7 @@ pub struct NewComputation {
     pub key: SpecKey,
     pub tenant: String,
     pub control: ComputationControl,
-    pub events: EventReceiver,
+    pub events: Source,
     pub now_ms: i64,
 }
 
@@ -183,6 +242,8 @@ pub fn start(hub: &Arc<HubInner>, new: NewComputation) -> Arc<Entry> {
         latest: Mutex::new(HashMap::new()),
         latest_ms: watch::Sender::new(None),
         polled_at: Mutex::new(None),
+        synced: watch::Sender::new(matches!(events, Source::Upstream(_))),
+        leader: Mutex::new(None),
     });
     let pump = pump::Pump::new(entry.clone(), hub.clone());
     hub.tracker.spawn(pump.run(events, commands));

@@ -3,14 +3,15 @@
 //! and unsubscribes in order with them, stops the job when nobody listens, and never waits on a
 //! subscriber.
 
-use super::{Entry, Phase, PumpCommand, SubscribeOutcome};
-use crate::hub::render::{self, EventKind, GatewayEvent, Notice};
+use super::{Entry, Phase, PumpCommand, RelayInput, RelayTag, RelayedEvent, Source, SubscribeOutcome};
+use crate::hub::render::{self, EventKind, GatewayEvent, Notice, Relayed};
 use crate::hub::stream::{
     self, Delivery, DropReason, Framing, Item, Replay, ReplayRing, RingLimits, Subscriber, Subscription, Unsubscribe,
 };
 use crate::hub::{HubInner, HubStats};
 use crate::protocol::Tsid;
-use crate::upstream::{EventReceiver, Terminal, UpstreamEvent};
+use crate::protocol::metadata::MetadataMessage;
+use crate::upstream::{Terminal, UpstreamEvent};
 use bytes::Bytes;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -34,6 +35,22 @@ pub(super) struct Pump {
     /// Each known series' metadata as an id-less event, rendered once when it arrives and
     /// shared by every snapshot.
     snapshot: BTreeMap<Tsid, Arc<GatewayEvent>>,
+}
+
+/// A global event id is its epoch × this plus its sequence number within the epoch.
+pub const EPOCH_FACTOR: u64 = 1_000_000_000_000;
+
+enum Input {
+    Upstream(UpstreamEvent),
+    Relay(RelayInput),
+}
+
+/// The next input, whatever the source (cancel-safe: both receivers are).
+async fn next_input(source: &mut Source) -> Option<Input> {
+    match source {
+        Source::Upstream(events) => events.recv().await.map(Input::Upstream),
+        Source::Relay(inputs) => inputs.recv().await.map(Input::Relay),
+    }
 }
 
 fn now_ms() -> i64 {
@@ -63,7 +80,7 @@ impl Pump {
         }
     }
 
-    pub(super) async fn run(mut self, mut events: EventReceiver, mut commands: mpsc::Receiver<PumpCommand>) {
+    pub(super) async fn run(mut self, mut source: Source, mut commands: mpsc::Receiver<PumpCommand>) {
         let settings = self.hub.settings.clone();
         let mut heartbeat = tokio::time::interval(settings.stream.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -76,9 +93,18 @@ impl Pump {
                 biased;
                 _ = shutdown.cancelled(), if self.ended_at.is_none() => self.shut_down().await,
                 Some(command) = commands.recv() => self.command(command),
-                event = events.recv(), if upstream_open => match event {
-                    Some(event) => self.upstream(event),
-                    None => upstream_open = false,
+                input = next_input(&mut source), if upstream_open => match input {
+                    Some(Input::Upstream(event)) => self.upstream(event),
+                    Some(Input::Relay(RelayInput::Detach)) | None => {
+                        upstream_open = false;
+                        if matches!(source, Source::Relay(_)) && self.ended_at.is_none() {
+                            // A relay ends without an event: the computation goes on elsewhere.
+                            self.subscribers.clear();
+                            self.set_subscriber_count();
+                            break;
+                        }
+                    }
+                    Some(Input::Relay(input)) => self.relay(input),
                 },
                 _ = heartbeat.tick() => self.heartbeat(),
                 _ = tokio::time::sleep_until(deadline.into()) => {
@@ -96,6 +122,94 @@ impl Pump {
             }
         }
         self.hub.remove(&self.entry);
+    }
+
+    /// An event or snapshot relayed from the replica that runs the job.
+    fn relay(&mut self, input: RelayInput) {
+        let event = match input {
+            RelayInput::Event(event) => event,
+            RelayInput::Snapshot(m) => {
+                self.remember_metadata(&m);
+                return;
+            }
+            RelayInput::CaughtUp => {
+                if self.entry.last_seq.load(Ordering::Relaxed) > 0 {
+                    self.set_phase(Phase::Running);
+                }
+                self.entry.synced.send_replace(true);
+                return;
+            }
+            RelayInput::Detach => return,
+        };
+        let RelayedEvent { id, name, json, tag, leader } = event;
+        let last = self.entry.last_seq.load(Ordering::Relaxed);
+        if id <= last {
+            return; // Already relayed (the leader's own replica gets each event twice).
+        }
+        if let Some(leader) = leader {
+            let mut current = self.entry.leader.lock();
+            if current.as_deref() != Some(&*leader) {
+                *current = Some(leader);
+            }
+        }
+        if last == 0 && id % EPOCH_FACTOR != 1 {
+            // Joined after the cluster trimmed the stream's start.
+            self.ring.mark_incomplete();
+        } else if last != 0 && id / EPOCH_FACTOR == last / EPOCH_FACTOR && id != last + 1 {
+            // Events of this epoch never reached this replica (the stream was trimmed past them,
+            // or the leader could not publish them): said, never skipped silently.
+            let extra = json!({
+                "reason": "events were lost between replicas",
+                "fromId": last + 1,
+                "toId": id - 1,
+            });
+            self.hub.stats.replay_misses.fetch_add(1, Ordering::Relaxed);
+            self.publish(GatewayEvent::notice(None, Notice::ReplayIncomplete, now_ms(), extra));
+        }
+        let mut terminal = None;
+        let kind = match tag {
+            RelayTag::Metadata(m) => {
+                self.remember_metadata(&m);
+                self.set_phase_if_starting();
+                EventKind::Upstream(UpstreamEvent::Metadata(m))
+            }
+            tag => {
+                match &tag {
+                    RelayTag::JobStarted(_) | RelayTag::Resumed => self.set_phase(Phase::Running),
+                    RelayTag::Disconnected => self.set_phase(Phase::Reconnecting),
+                    RelayTag::Expired(tsid) => {
+                        self.entry.metadata().remove(tsid);
+                        self.snapshot.remove(tsid);
+                    }
+                    RelayTag::Data(_) => self.set_phase_if_starting(),
+                    RelayTag::End(t) => terminal = Some(t.clone()),
+                    RelayTag::Other | RelayTag::Metadata(_) => {}
+                }
+                EventKind::Relayed(Relayed { name, terminal: terminal.clone() })
+            }
+        };
+        self.entry.last_seq.store(id, Ordering::Relaxed);
+        self.publish(GatewayEvent::new(Some(id), kind, &json));
+        if let Some(terminal) = terminal {
+            self.end(terminal);
+        }
+    }
+
+    fn set_phase_if_starting(&self) {
+        if self.entry.phase() == Phase::Starting {
+            self.set_phase(Phase::Running);
+        }
+    }
+
+    /// A relayed series' metadata, for the snapshot and the metadata endpoints.
+    fn remember_metadata(&mut self, m: &Arc<MetadataMessage>) {
+        let mut cache = self.entry.metadata();
+        if cache.len() < self.hub.settings.limits.max_series_per_computation || cache.contains_key(&m.tsid) {
+            cache.insert(m.tsid, m.clone());
+            render::render(&UpstreamEvent::Metadata(m.clone()), 0, &mut self.buf);
+            let snapshot = GatewayEvent::new(None, EventKind::Upstream(UpstreamEvent::Metadata(m.clone())), &self.buf);
+            self.snapshot.insert(m.tsid, Arc::new(snapshot));
+        }
     }
 
     /// When something must happen without an event: the linger or idle stop while nobody
