@@ -27,6 +27,8 @@ pub struct Application {
     settings: Arc<Settings>,
     /// HTTPS/WSS (h2 + HTTP/1.1) when `tls.cert_file`/`tls.key_file` are set.
     tls: Option<crate::tls::Tls>,
+    /// The plain-HTTP server's counters (lean event streams).
+    connection_stats: Arc<http::serve::ConnectionStats>,
 }
 
 /// Why the gateway could not be assembled.
@@ -87,7 +89,8 @@ impl Application {
         let hub = Hub::new(pools, hub_settings, cancel.child_token());
         warn_if_exposed(&settings);
         let settings = Arc::new(settings);
-        let metrics = Arc::new(crate::metrics::Metrics::new(hub.clone()));
+        let connection_stats = Arc::new(http::serve::ConnectionStats::default());
+        let metrics = Arc::new(crate::metrics::Metrics::new(hub.clone()).with_connections(connection_stats.clone()));
         let http_settings = Arc::new(HttpSettings {
             auth: settings.auth.clone(),
             cors: settings.cors.clone(),
@@ -98,7 +101,7 @@ impl Application {
         if let Some(sim) = &simulator {
             router = router.merge(simulator::control::routes(sim.state.clone()));
         }
-        Ok(Application { listener, router, hub, simulator, cancel, settings, tls })
+        Ok(Application { listener, router, hub, simulator, cancel, settings, tls, connection_stats })
     }
 
     /// Whether the listener speaks TLS (`https://`, `wss://`).
@@ -122,7 +125,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then drains within the drain timeout.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Application { listener, router, hub, simulator, cancel, settings, tls } = self;
+        let Application { listener, router, hub, simulator, cancel, settings, tls, connection_stats } = self;
         let stopping = CancellationToken::new();
         let signal = stopping.clone();
         // Ended below whatever happens, so it never outlives the server.
@@ -148,8 +151,7 @@ impl Application {
                     crate::tls::serve(listener, tls, router, graceful, limit).await
                 }
                 None => {
-                    let app = router.into_make_service_with_connect_info::<SocketAddr>();
-                    axum::serve(listener, app).with_graceful_shutdown(graceful).await
+                    http::serve::serve(listener, router, settings.connections, connection_stats, graceful, limit).await
                 }
             }
         };

@@ -10,6 +10,7 @@
 //! [`Settings::redacted`] never show it.
 
 pub use crate::http::access::{AuthSettings, CorsSettings};
+pub use crate::http::serve::ConnectionSettings;
 pub use crate::http::signalflow_ws::WebsocketSettings;
 pub use crate::hub::{Limits, StreamSettings, TenancySettings};
 pub use crate::simulator::SimulatorSettings;
@@ -38,6 +39,7 @@ pub struct Settings {
     pub tenancy: TenancySettings,
     pub websocket: WebsocketSettings,
     pub tls: TlsSettings,
+    pub connections: ConnectionSettings,
     /// Longest a graceful shutdown may take.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -57,6 +59,7 @@ impl Default for Settings {
             tenancy: TenancySettings::default(),
             websocket: WebsocketSettings::default(),
             tls: TlsSettings::default(),
+            connections: ConnectionSettings::default(),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -157,6 +160,7 @@ impl Settings {
         self.tenancy.check(&mut problems);
         self.websocket.check(&mut problems);
         self.tls.check(&mut problems);
+        self.connections.check(&mut problems);
         problems.check(
             !self.cors.allows_any() || self.auth.api_keys.is_empty(),
             "cors.allowed_origins: `*` is only allowed without auth.api_keys",

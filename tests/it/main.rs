@@ -19,6 +19,7 @@ mod interop_node_signalfx;
 mod interop_python_sse;
 mod interop_python_ws;
 mod interop_signalflow_client;
+mod lean_streams;
 mod openapi_contract;
 mod protocol_fixtures;
 mod protocol_roundtrip;
