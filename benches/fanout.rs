@@ -25,6 +25,10 @@
 //! and exits with status 2, unless `--skip-nchan` is given (then only the gateway runs).
 //! nchan's latency counts from the publisher's send time, so it includes the publish request;
 //! the gateway's from the interval's due time, so it includes the simulator and upstream hop.
+//!
+//! The gateway gets the bench's environment, so its settings can be varied per run
+//! (`SFGW_CONNECTIONS__LEAN_STREAMS=false`); `BENCH_GATEWAY_LOG` sets its log filter (default
+//! `warn`), `BENCH_GATEWAY_WRAPPER` runs it under a profiler (see `support/process.rs`).
 
 #[path = "support/nchan.rs"]
 mod nchan;
@@ -96,6 +100,11 @@ fn start_gateway(series: usize, extra_env: &[(&str, String)]) -> Gateway {
         ("SFGW_UPSTREAM__JOB_START_BURST", "1000".to_owned()),
     ];
     env.extend(extra_env.iter().map(|(k, v)| (*k, v.clone())));
+    // The gateway logs at `warn` unless asked otherwise (`info` adds the request log and its
+    // span per request, which lives as long as a stream).
+    if let Ok(filter) = std::env::var("BENCH_GATEWAY_LOG") {
+        env.push(("RUST_LOG", filter));
+    }
     Gateway::start(env!("CARGO_BIN_EXE_signalflow-gateway"), &env)
 }
 

@@ -1,8 +1,8 @@
 //! The gateway as its own process, for the load tools: started from the release binary,
 //! stopped with SIGTERM on drop, and measured from /proc.
 //!
-//! `SFGW_BENCH_WRAPPER` runs it under another program, e.g. a heap profiler
-//! (`SFGW_BENCH_WRAPPER="heaptrack -o /tmp/gateway"`); the figures and SIGTERM then still go to
+//! `BENCH_GATEWAY_WRAPPER` runs it under another program, e.g. a heap profiler
+//! (`BENCH_GATEWAY_WRAPPER="heaptrack -o /tmp/gateway"`); the figures and SIGTERM then still go to
 //! the gateway process itself, and the wrapper is waited for.
 
 use std::io::{BufRead, BufReader};
@@ -41,7 +41,7 @@ impl Gateway {
     /// Starts `binary serve` on a free port with `env` added (logs at `warn`), and waits for
     /// the line that says where it listens.
     pub fn start(binary: &str, env: &[(&str, String)]) -> Gateway {
-        let wrapper = std::env::var("SFGW_BENCH_WRAPPER").ok().filter(|w| !w.trim().is_empty());
+        let wrapper = std::env::var("BENCH_GATEWAY_WRAPPER").ok().filter(|w| !w.trim().is_empty());
         let mut command = match &wrapper {
             Some(wrapper) => {
                 let mut words = wrapper.split_whitespace();
