@@ -157,6 +157,8 @@ impl Load {
 const NEEDLE: &[u8] = b"data: {\"";
 const GATEWAY_KEY: &[u8] = b"logicalTimestampMs\":";
 const PUBLISHER_KEY: &[u8] = b"sentAtUs\":";
+/// A timestamp's key and how to turn its value into the event's origin in µs.
+type TimedKey = (&'static [u8], fn(i64) -> i64);
 
 /// One subscriber: GET the stream, then scan the raw bytes for data events.
 async fn subscribe(addr: String, path: String, load: Arc<Load>) {
@@ -211,7 +213,7 @@ fn scan(bytes: &[u8], now_us: i64, load: &Load) -> usize {
         let key_at = at + i + NEEDLE.len();
         let rest = &bytes[key_at..];
         // The gateway's timestamp is the interval's start in ms: its due time is 1 s later.
-        let keys: [(&[u8], fn(i64) -> i64); 2] = [(GATEWAY_KEY, |ms| ms * 1000 + 1_000_000), (PUBLISHER_KEY, |us| us)];
+        let keys: [TimedKey; 2] = [(GATEWAY_KEY, |ms| ms * 1000 + 1_000_000), (PUBLISHER_KEY, |us| us)];
         let Some((key, origin)) = keys.into_iter().find(|(key, _)| rest.starts_with(key) || key.starts_with(rest))
         else {
             // Another event (metadata, a notice): not timed.
