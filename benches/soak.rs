@@ -80,7 +80,7 @@ async fn main() {
         ("SFGW_LIMITS__SUBSCRIBER_QUEUE", "64".to_owned()),
     ];
     let gateway = Gateway::start(env!("CARGO_BIN_EXE_signalflow-gateway"), &env);
-    let pid = gateway.child.id();
+    let pid = gateway.pid;
     let base = format!("http://{}", gateway.addr);
     let probe = reqwest::Client::new();
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -28,6 +28,8 @@ pub struct Application {
     settings: Arc<Settings>,
     /// HTTPS/WSS (h2 + HTTP/1.1) when `tls.cert_file`/`tls.key_file` are set.
     tls: Option<crate::tls::Tls>,
+    /// The plain-HTTP server's counters (lean event streams).
+    connection_stats: Arc<http::serve::ConnectionStats>,
 }
 
 /// Why the gateway could not be assembled.
@@ -90,6 +92,7 @@ impl Application {
         let hub = Hub::new(pools, hub_settings, cancel.child_token());
         warn_if_exposed(&settings);
         let settings = Arc::new(settings);
+        let connection_stats = Arc::new(http::serve::ConnectionStats::default());
         let cluster = match settings.cluster.enabled() {
             true => Some(crate::cluster::Cluster::start(settings.cluster.clone(), hub.clone(), cancel.child_token())?),
             false => None,
@@ -99,7 +102,8 @@ impl Application {
             let cache = cache.clone();
             move || cache.stats()
         };
-        let mut metrics = crate::metrics::Metrics::new(hub.clone(), cache_stats);
+        let mut metrics =
+            crate::metrics::Metrics::new(hub.clone(), cache_stats).with_connections(connection_stats.clone());
         if let Some(cluster) = &cluster {
             metrics = metrics.with_cluster(cluster.clone());
         }
@@ -114,7 +118,7 @@ impl Application {
         if let Some(sim) = &simulator {
             router = router.merge(simulator::control::routes(sim.state.clone()));
         }
-        Ok(Application { listener, router, hub, cluster, simulator, cancel, settings, tls })
+        Ok(Application { listener, router, hub, cluster, simulator, cancel, settings, tls, connection_stats })
     }
 
     /// Whether the listener speaks TLS (`https://`, `wss://`).
@@ -138,7 +142,7 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then drains within the drain timeout.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-        let Application { listener, router, hub, cluster, simulator, cancel, settings, tls } = self;
+        let Application { listener, router, hub, cluster, simulator, cancel, settings, tls, connection_stats } = self;
         let stopping = CancellationToken::new();
         let signal = stopping.clone();
         // Ended below whatever happens, so it never outlives the server.
@@ -164,8 +168,7 @@ impl Application {
                     crate::tls::serve(listener, tls, router, graceful, limit).await
                 }
                 None => {
-                    let app = router.into_make_service_with_connect_info::<SocketAddr>();
-                    axum::serve(listener, app).with_graceful_shutdown(graceful).await
+                    http::serve::serve(listener, router, settings.connections, connection_stats, graceful, limit).await
                 }
             }
         };

@@ -10,6 +10,7 @@
 //! [`Settings::redacted`] never show it.
 
 pub use crate::http::access::{AuthSettings, CorsSettings};
+pub use crate::http::serve::ConnectionSettings;
 pub use crate::http::signalflow_ws::WebsocketSettings;
 pub use crate::hub::{Limits, StreamSettings, TenancySettings};
 pub use crate::simulator::SimulatorSettings;
@@ -42,6 +43,7 @@ pub struct Settings {
     pub cache: crate::cache::CacheSettings,
     /// Cluster mode (many replicas sharing jobs through Redis); off without `redis_url`.
     pub cluster: crate::cluster::ClusterSettings,
+    pub connections: ConnectionSettings,
     /// Longest a graceful shutdown may take.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
@@ -63,6 +65,7 @@ impl Default for Settings {
             tls: TlsSettings::default(),
             cache: crate::cache::CacheSettings::default(),
             cluster: crate::cluster::ClusterSettings::default(),
+            connections: ConnectionSettings::default(),
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -163,6 +166,7 @@ impl Settings {
         self.tenancy.check(&mut problems);
         self.websocket.check(&mut problems);
         self.tls.check(&mut problems);
+        self.connections.check(&mut problems);
         problems.check(
             !self.cors.allows_any() || self.auth.api_keys.is_empty(),
             "cors.allowed_origins: `*` is only allowed without auth.api_keys",

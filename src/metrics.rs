@@ -332,6 +332,35 @@ fn encode_upstream(encoder: &mut DescriptorEncoder, pools: &Pools) -> std::fmt::
     Ok(())
 }
 
+// Connections (`http::serve`): the lean event-stream path's counters, read at scrape time.
+
+impl Metrics {
+    /// Adds the plain-HTTP server's counters.
+    pub fn with_connections(mut self, stats: std::sync::Arc<crate::http::serve::ConnectionStats>) -> Self {
+        self.registry.register_collector(Box::new(ConnectionCollector { stats }));
+        self
+    }
+}
+
+#[derive(Debug)]
+struct ConnectionCollector {
+    stats: std::sync::Arc<crate::http::serve::ConnectionStats>,
+}
+
+impl Collector for ConnectionCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let s = self.stats.stats();
+        counter(&mut encoder, "sfgw_lean_streams", "Event streams written by the lean path", s.lean_streams)?;
+        gauge(&mut encoder, "sfgw_lean_streams_open", "Lean event streams open now", s.lean_streams_open as i64)?;
+        counter(
+            &mut encoder,
+            "sfgw_lean_streams_stalled",
+            "Lean event streams closed because their client stopped reading for connections.stall_timeout",
+            s.stalled_closes,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

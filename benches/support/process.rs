@@ -1,27 +1,56 @@
 //! The gateway as its own process, for the load tools: started from the release binary,
 //! stopped with SIGTERM on drop, and measured from /proc.
+//!
+//! `BENCH_GATEWAY_WRAPPER` runs it under another program, e.g. a heap profiler
+//! (`BENCH_GATEWAY_WRAPPER="heaptrack -o /tmp/gateway"`); the figures and SIGTERM then still go to
+//! the gateway process itself, and the wrapper is waited for.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 pub struct Gateway {
     pub child: Child,
+    /// The gateway's own process (the child's descendant when it runs under a wrapper).
+    pub pid: u32,
     /// `host:port` it listens on.
     pub addr: String,
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill").args(["-TERM", &self.pid.to_string()]).status();
         let _ = self.child.wait();
     }
+}
+
+/// The first process below `root` (breadth first) running `binary`.
+fn descendant_running(root: u32, binary: &str) -> Option<u32> {
+    let binary = std::fs::canonicalize(binary).ok()?;
+    let mut queue = vec![root];
+    while let Some(pid) = queue.pop() {
+        if std::fs::read_link(format!("/proc/{pid}/exe")).ok().as_ref() == Some(&binary) {
+            return Some(pid);
+        }
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        queue.splice(0..0, children.split_whitespace().filter_map(|c| c.parse().ok()));
+    }
+    None
 }
 
 impl Gateway {
     /// Starts `binary serve` on a free port with `env` added (logs at `warn`), and waits for
     /// the line that says where it listens.
     pub fn start(binary: &str, env: &[(&str, String)]) -> Gateway {
-        let mut command = Command::new(binary);
+        let wrapper = std::env::var("BENCH_GATEWAY_WRAPPER").ok().filter(|w| !w.trim().is_empty());
+        let mut command = match &wrapper {
+            Some(wrapper) => {
+                let mut words = wrapper.split_whitespace();
+                let mut command = Command::new(words.next().unwrap_or_default());
+                command.args(words).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command.args(["serve", "--listen", "127.0.0.1:0"]).env("RUST_LOG", "warn").stdout(Stdio::piped());
         command.stderr(Stdio::inherit());
         for (k, v) in env {
@@ -38,7 +67,12 @@ impl Gateway {
         };
         // Keep draining stdout so the gateway never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Gateway { child, addr }
+        let pid = if wrapper.is_some() {
+            descendant_running(child.id(), binary).expect("the gateway process under the wrapper")
+        } else {
+            child.id()
+        };
+        Gateway { child, pid, addr }
     }
 }
 

@@ -14,6 +14,7 @@
 //! - [`console`]: the browser console (`/`, `/console/{file}`), embedded.
 //! - [`access`]: API keys, CORS, tenants, request ids and the request log.
 //! - [`error`]: problem+json answers for every failure, the framework's included.
+//! - [`serve`]: the plain-HTTP server loop: hyper, and a lean path that writes event streams.
 //!
 //! No compression layer is applied anywhere: it would buffer event streams (sse-notes §4.2).
 
@@ -27,6 +28,7 @@ pub mod health;
 pub mod latest;
 pub mod query;
 pub mod results;
+pub mod serve;
 pub mod signalflow_ws;
 
 use crate::hub::Hub;

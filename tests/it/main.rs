@@ -21,6 +21,7 @@ mod interop_python_sse;
 mod interop_python_ws;
 mod interop_signalflow_client;
 mod latest_values;
+mod lean_streams;
 mod openapi_contract;
 mod protocol_fixtures;
 mod protocol_roundtrip;

@@ -1,0 +1,503 @@
+//! Serving plain HTTP: hyper (HTTP/1.1 and h2c, through hyper-util's `auto` builder, as
+//! `axum::serve` does) for every connection, with one lean path for event streams.
+//!
+//! A connection whose request is an event stream (`GET`, HTTP/1.1, `Accept: text/event-stream`,
+//! no body, no upgrade) has its request head read and parsed here (`httparse`) and is answered
+//! by the same router as every other request, so API keys, CORS, request ids, the request log,
+//! the counters and the problem format are the router's own. Only the response is written
+//! here, without per-connection buffers: the head once, then each body chunk with its chunked
+//! framing in one vectored write. An idle subscriber then costs its task, its queue and its
+//! response body, not hyper's 8 KiB read and 8 KiB write buffers (BENCHMARKS.md, "Where one
+//! idle subscriber's memory goes"). After the response the connection is handed to hyper, with
+//! whatever the client sent meanwhile, for its next request (keep-alive). Anything else — other
+//! requests, h2c, bad or huge heads — goes to hyper from the first byte, bytes already read
+//! included.
+//!
+//! Bounds: a request head is at most [`MAX_HEAD`] bytes on this path (longer ones go to hyper);
+//! bytes a client sends while its stream runs are kept up to [`MAX_PIPELINED`] (more closes the
+//! connection); a chunk whose write makes no progress for `stall_timeout` closes the
+//! connection, so a stuck client holds at most its queue and its kernel send buffer.
+
+use axum::Router;
+use axum::body::{Body, HttpBody};
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// The longest request head the lean path reads; a longer one is hyper's to answer.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// The most bytes kept from a client that sends more while its stream runs.
+pub const MAX_PIPELINED: usize = 16 * 1024;
+/// Headers parsed on the lean path; more go to hyper.
+const MAX_HEADERS: usize = 64;
+
+/// How client connections are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionSettings {
+    /// Event streams over plain HTTP/1.1 are written by the gateway's lean path (no hyper
+    /// buffers per subscriber); false serves them with hyper like every other request.
+    pub lean_streams: bool,
+    /// A lean stream whose next chunk cannot be written for this long is closed (its client
+    /// stopped reading).
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        ConnectionSettings { lean_streams: true, stall_timeout: Duration::from_secs(30) }
+    }
+}
+
+impl ConnectionSettings {
+    pub fn check(&self, problems: &mut crate::settings::Problems) {
+        problems.check(!self.stall_timeout.is_zero(), "connections.stall_timeout must be more than zero");
+    }
+}
+
+/// The lean path's counters (read by `/metrics`).
+#[derive(Debug, Default)]
+pub struct ConnectionStats {
+    /// Event streams answered on the lean path.
+    pub lean_streams: AtomicU64,
+    /// Of those, the ones still open.
+    pub lean_streams_open: AtomicU64,
+    /// Lean streams closed because their client stopped reading for the stall timeout.
+    pub stalled_closes: AtomicU64,
+}
+
+/// A snapshot of [`ConnectionStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionStatsSnapshot {
+    pub lean_streams: u64,
+    pub lean_streams_open: u64,
+    pub stalled_closes: u64,
+}
+
+impl ConnectionStats {
+    pub fn stats(&self) -> ConnectionStatsSnapshot {
+        ConnectionStatsSnapshot {
+            lean_streams: self.lean_streams.load(Ordering::Relaxed),
+            lean_streams_open: self.lean_streams_open.load(Ordering::Relaxed),
+            stalled_closes: self.stalled_closes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then lets open connections finish for at most
+/// `drain`. Each request carries `ConnectInfo<SocketAddr>`, as with `axum::serve`.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    settings: ConnectionSettings,
+    stats: Arc<ConnectionStats>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    drain: Duration,
+) -> io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Ends lean connections that are still waiting for their first request (hyper closes its
+    // idle ones on the graceful signal).
+    let stopping = CancellationToken::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        tracing::trace!(%remote, "connection accepted");
+        let router = router.clone();
+        // Held for the connection's whole life, lean part included, so a graceful shutdown
+        // waits for it.
+        let watcher = graceful.watcher();
+        let stopping = stopping.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            let (tcp, prefix) = if settings.lean_streams {
+                match lean(tcp, remote, &router, &settings, &stopping, &stats).await {
+                    Lean::Done => return,
+                    Lean::ToHyper(tcp, prefix) => (tcp, prefix),
+                }
+            } else {
+                (tcp, Bytes::new())
+            };
+            // Boxed: hyper's connection state is then allocated only for connections it serves,
+            // not reserved in every lean stream's task.
+            Box::pin(with_hyper(tcp, prefix, remote, router, watcher)).await;
+        });
+    }
+    drop(listener);
+    stopping.cancel();
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::info!("connections still open after the drain time; closing them");
+    }
+    Ok(())
+}
+
+/// Serves a connection with hyper (HTTP/1.1, or h2c by its preface), `prefix` first.
+async fn with_hyper(
+    tcp: TcpStream,
+    prefix: Bytes,
+    remote: SocketAddr,
+    router: Router,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(remote));
+        router.clone().oneshot(request)
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http2().enable_connect_protocol();
+    let io = TokioIo::new(Rewind { prefix, inner: tcp });
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    match watcher.watch(connection.into_owned()).await {
+        Ok(()) => tracing::trace!(%remote, "connection closed"),
+        Err(e) => tracing::debug!(%remote, error = %e, "connection ended with an error"),
+    }
+}
+
+/// What the lean path did with a connection.
+enum Lean {
+    /// Answered and closed (or gone).
+    Done,
+    /// Hyper's to serve, starting with these bytes.
+    ToHyper(TcpStream, Bytes),
+}
+
+/// Reads the first request head; answers it here if it asks for an event stream.
+async fn lean(
+    mut tcp: TcpStream,
+    remote: SocketAddr,
+    router: &Router,
+    settings: &ConnectionSettings,
+    stopping: &CancellationToken,
+    stats: &ConnectionStats,
+) -> Lean {
+    // Nothing is allocated for a connection until it sends something.
+    tokio::select! {
+        readable = tcp.readable() => if readable.is_err() { return Lean::Done },
+        _ = stopping.cancelled() => return Lean::Done,
+    }
+    let mut buf = BytesMut::with_capacity(1024);
+    let (request, head_len) = loop {
+        match tcp.read_buf(&mut buf).await {
+            Ok(0) if buf.is_empty() => return Lean::Done,
+            Ok(0) => return Lean::ToHyper(tcp, buf.freeze()),
+            Ok(_) => {}
+            Err(_) => return Lean::Done,
+        }
+        match parse_stream_request(&buf) {
+            Head::Partial if buf.len() < MAX_HEAD => {
+                if buf.capacity() == buf.len() {
+                    buf.reserve(buf.len());
+                }
+            }
+            Head::Partial | Head::Other => return Lean::ToHyper(tcp, buf.freeze()),
+            Head::Stream(request, len) => break (*request, len),
+        }
+    };
+    // Whatever followed the head (a pipelined request) is the next request's.
+    let mut pending = if buf.len() > head_len { BytesMut::from(&buf[head_len..]) } else { BytesMut::new() };
+    drop(buf);
+    let close = request
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))));
+    let mut request = request;
+    request.extensions_mut().insert(ConnectInfo(remote));
+    // Boxed: the middleware stack's future is large and lives only until the response head;
+    // inline, the task would reserve its size for the stream's whole life.
+    let Ok(response) = Box::pin(router.clone().oneshot(request)).await;
+    stats.lean_streams.fetch_add(1, Ordering::Relaxed);
+    stats.lean_streams_open.fetch_add(1, Ordering::Relaxed);
+    let outcome = respond(&mut tcp, response, close, &mut pending, settings).await;
+    stats.lean_streams_open.fetch_sub(1, Ordering::Relaxed);
+    let keep = match outcome {
+        Ok(keep) => keep,
+        Err(e) => {
+            if e.kind() == io::ErrorKind::TimedOut {
+                stats.stalled_closes.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(%remote, error = %e, "event stream connection ended");
+            false
+        }
+    };
+    if keep && !stopping.is_cancelled() {
+        Lean::ToHyper(tcp, pending.freeze())
+    } else {
+        let _ = tcp.shutdown().await;
+        tracing::trace!(%remote, "connection closed");
+        Lean::Done
+    }
+}
+
+enum Head {
+    Partial,
+    /// Not for the lean path (or not parseable here): hyper's.
+    Other,
+    Stream(Box<Request<Body>>, usize),
+}
+
+/// An HTTP/1.1 `GET` for an event stream with no body and no upgrade, as a request for the
+/// router, and the head's length.
+fn parse_stream_request(bytes: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let len = match parsed.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Other,
+    };
+    if parsed.method != Some("GET") || parsed.version != Some(1) {
+        return Head::Other;
+    }
+    let mut builder = Request::builder().method(Method::GET).version(Version::HTTP_11);
+    let mut event_stream = false;
+    for h in parsed.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("transfer-encoding")
+            || (name.eq_ignore_ascii_case("content-length") && h.value.iter().any(|b| *b != b'0'))
+        {
+            return Head::Other;
+        }
+        if name.eq_ignore_ascii_case("accept")
+            && h.value.windows(b"text/event-stream".len()).any(|w| w.eq_ignore_ascii_case(b"text/event-stream"))
+        {
+            event_stream = true;
+        }
+        let Ok(value) = HeaderValue::from_bytes(h.value) else { return Head::Other };
+        builder = builder.header(name, value);
+    }
+    if !event_stream {
+        return Head::Other;
+    }
+    match builder.uri(parsed.path.unwrap_or("/")).body(Body::empty()) {
+        Ok(request) => Head::Stream(Box::new(request), len),
+        Err(_) => Head::Other,
+    }
+}
+
+/// Writes the response: a sized body at once, any other as chunks while it lasts. Returns
+/// whether the connection can serve another request.
+async fn respond(
+    tcp: &mut TcpStream,
+    response: Response<Body>,
+    close: bool,
+    pending: &mut BytesMut,
+    settings: &ConnectionSettings,
+) -> io::Result<bool> {
+    let (parts, body) = response.into_parts();
+    let bodiless = parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    let size = body.size_hint().exact();
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(parts.status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::CONNECTION {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if close {
+        head.extend_from_slice(b"connection: close\r\n");
+    }
+    if !bodiless {
+        match size {
+            Some(n) => {
+                head.extend_from_slice(b"content-length: ");
+                head.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                head.extend_from_slice(b"\r\n");
+            }
+            None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        }
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        head.extend_from_slice(b"date: ");
+        head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    // The response's header map and extensions are not needed past the head: a stream would
+    // otherwise keep them (~0.7 KiB) for its whole life.
+    drop(parts);
+    if bodiless || size.is_some() {
+        let body = if bodiless {
+            Bytes::new()
+        } else {
+            axum::body::to_bytes(body, usize::MAX).await.map_err(io::Error::other)?
+        };
+        write_all(tcp, &[&head[..], &body[..]], settings.stall_timeout).await?;
+        return Ok(!close);
+    }
+    write_all(tcp, &[&head[..]], settings.stall_timeout).await?;
+    drop(head);
+    let mut chunks = body.into_data_stream();
+    let mut probe = [0u8; 64];
+    loop {
+        tokio::select! {
+            chunk = chunks.next() => match chunk {
+                Some(Ok(bytes)) if bytes.is_empty() => {}
+                Some(Ok(bytes)) => {
+                    let mut size = [0u8; 18];
+                    let size = chunk_size(bytes.len(), &mut size);
+                    write_all(tcp, &[size, &bytes[..], b"\r\n"], settings.stall_timeout).await?;
+                }
+                // The body failed: the client must not take the cut stream for a whole one.
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                None => break,
+            },
+            read = tcp.read(&mut probe) => match read {
+                // The client went away: the body (and the subscription) is dropped.
+                Ok(0) => return Ok(false),
+                Ok(n) if pending.len() + n <= MAX_PIPELINED => pending.extend_from_slice(&probe[..n]),
+                Ok(_) => return Ok(false),
+                Err(e) => return Err(e),
+            },
+        }
+    }
+    write_all(tcp, &[b"0\r\n\r\n"], settings.stall_timeout).await?;
+    Ok(!close)
+}
+
+/// `{len:X}\r\n` in `out`.
+fn chunk_size(len: usize, out: &mut [u8; 18]) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        out[digits - 1 - i] = HEX[(len >> (4 * i)) & 0xF];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    &out[..digits + 2]
+}
+
+/// Writes every part (at most three), in as few vectored writes as the socket takes; fails if a
+/// write makes no progress for `stall`.
+async fn write_all(tcp: &mut TcpStream, parts: &[&[u8]], stall: Duration) -> io::Result<()> {
+    let mut storage = [IoSlice::new(&[]); 3];
+    let mut count = 0;
+    for part in parts.iter().filter(|p| !p.is_empty()) {
+        storage[count] = IoSlice::new(part);
+        count += 1;
+    }
+    let mut slices = &mut storage[..count];
+    while !slices.is_empty() {
+        let n = tokio::time::timeout(stall, tcp.write_vectored(slices))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client has not read for the stall timeout"))??;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+/// A socket that first yields bytes already read from it.
+struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_upper_hex() {
+        let mut out = [0u8; 18];
+        assert_eq!(chunk_size(0, &mut out), b"0\r\n");
+        assert_eq!(chunk_size(10, &mut out), b"A\r\n");
+        assert_eq!(chunk_size(4567, &mut out), b"11D7\r\n");
+        assert_eq!(chunk_size(usize::MAX, &mut out), b"FFFFFFFFFFFFFFFF\r\n");
+    }
+
+    #[test]
+    fn only_plain_event_stream_gets_take_the_lean_path() {
+        let stream = b"GET /computations/x/events?a=1 HTTP/1.1\r\nHost: h\r\nAccept: text/event-stream\r\n\r\nGET /";
+        let Head::Stream(request, len) = parse_stream_request(stream) else { panic!("a stream request") };
+        assert_eq!(&stream[len..], b"GET /");
+        assert_eq!(request.uri(), "/computations/x/events?a=1");
+        assert_eq!(request.headers()["host"], "h");
+        assert!(matches!(parse_stream_request(b"GET / HTTP/1.1\r\nAccept: text/event"), Head::Partial));
+        for other in [
+            &b"GET / HTTP/1.1\r\nAccept: application/json\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nAccept: text/event-stream\r\nContent-Length: 2\r\n\r\n{}",
+            b"GET / HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n",
+            b"GET / HTTP/1.1\r\nAccept: text/event-stream\r\nUpgrade: websocket\r\n\r\n",
+            b"GET / HTTP/1.1\r\nAccept: text/event-stream\r\nContent-Length: 5\r\n\r\nhello",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GARBAGE\r\n\r\n",
+        ] {
+            assert!(matches!(parse_stream_request(other), Head::Other), "{}", String::from_utf8_lossy(other));
+        }
+    }
+}
