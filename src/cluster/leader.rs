@@ -303,7 +303,7 @@ impl Leader {
             UpstreamEvent::JobStarted { handle } => RelayTag::JobStarted(handle),
             UpstreamEvent::Metadata(m) => RelayTag::Metadata(m),
             UpstreamEvent::Expired(tsid) => RelayTag::Expired(tsid),
-            UpstreamEvent::Data(batch) => RelayTag::Data(batch.logical_timestamp_ms),
+            UpstreamEvent::Data(batch) => RelayTag::Data(batch),
             UpstreamEvent::Disconnected { .. } => RelayTag::Disconnected,
             UpstreamEvent::Resumed { .. } => RelayTag::Resumed,
             UpstreamEvent::Ended(terminal) => RelayTag::End(terminal),
@@ -349,7 +349,12 @@ impl Publisher {
                     Publish::Event { entry_id, name, json, kind, arg } => {
                         let mut call = scripts::PUBLISH.key(self.keys.epoch());
                         call.key(self.keys.events()).key(self.keys.metadata()).key(self.keys.record());
-                        call.arg(self.epoch).arg(entry_id).arg(maxlen).arg(*kind).arg(arg);
+                        // The record's `last` is a data event's timestamp, without its block sizes.
+                        let record_arg = match *kind {
+                            "data" => arg.split(';').next().unwrap_or(arg),
+                            _ => arg,
+                        };
+                        call.arg(self.epoch).arg(entry_id).arg(maxlen).arg(*kind).arg(record_arg);
                         match *kind {
                             "meta" => call.arg(json.as_ref()),
                             _ => call.arg(crate::clock::now_ms()),

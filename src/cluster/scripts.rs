@@ -53,7 +53,8 @@ return epoch
 /// that is gone (Redis restarted empty) is set back to this leader's: nobody can have taken
 /// over since.
 /// KEYS: epoch, events, metadata, record.
-/// ARGV: epoch, entry id, maxlen, tag, tag argument, metadata JSON or time, then field/value pairs.
+/// ARGV: epoch, entry id, maxlen, tag, tag argument (a data event's: its timestamp), metadata
+/// JSON or time, then field/value pairs.
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"

@@ -3,9 +3,9 @@
 
 use crate::hub::render;
 use crate::hub::{ComputationSpec, RelayTag, RelayedEvent, TimeSpec};
-use crate::protocol::Tsid;
 use crate::protocol::metadata::MetadataMessage;
-use crate::upstream::{ComputationError, Terminal};
+use crate::protocol::{DataPoint, Tsid};
+use crate::upstream::{Batch, ComputationError, Terminal};
 use bytes::Bytes;
 use redis::Value;
 use serde::{Deserialize, Serialize};
@@ -105,11 +105,56 @@ pub fn tag_fields(tag: &RelayTag) -> (&'static str, String) {
         RelayTag::JobStarted(handle) => ("job", handle.clone()),
         RelayTag::Metadata(m) => ("meta", m.tsid.to_string()),
         RelayTag::Expired(tsid) => ("exp", tsid.to_string()),
-        RelayTag::Data(ts) => ("data", ts.to_string()),
+        RelayTag::Data(batch) => ("data", data_arg(batch)),
         RelayTag::Disconnected => ("disc", String::new()),
         RelayTag::Resumed => ("res", String::new()),
         RelayTag::End(terminal) => ("end", terminal_to_json(terminal)),
     }
+}
+
+/// A data event's `a` field: `T;b1,b2,…`, the logical timestamp and the points of each data
+/// message merged into the batch (the JSON does not carry the block boundaries).
+fn data_arg(batch: &Batch) -> String {
+    let mut arg = batch.logical_timestamp_ms.to_string();
+    arg.push(';');
+    for (i, size) in batch.block_sizes.iter().enumerate() {
+        if i > 0 {
+            arg.push(',');
+        }
+        arg.push_str(itoa::Buffer::new().format(*size));
+    }
+    arg
+}
+
+/// The JSON of a data event, as [`crate::protocol::data::write_data_json`] writes it.
+#[derive(Deserialize)]
+struct DataJson {
+    #[serde(rename = "logicalTimestampMs")]
+    logical_timestamp_ms: i64,
+    #[serde(rename = "maxDelayMs")]
+    max_delay_ms: Option<i64>,
+    data: Vec<DataPoint>,
+}
+
+/// A relayed data event back into its batch; `None` if the JSON or the block sizes do not
+/// describe one (an entry from a replica that sent only the timestamp gets one block).
+fn data_from(json: &[u8], arg: &str) -> Option<Batch> {
+    let data: DataJson = serde_json::from_slice(json).ok()?;
+    let block_sizes = match arg.split_once(';') {
+        Some((_, "")) => Vec::new(),
+        Some((_, sizes)) => sizes.split(',').map(|s| s.parse().ok()).collect::<Option<Vec<u32>>>()?,
+        None => vec![u32::try_from(data.data.len()).ok()?],
+    };
+    let total: u64 = block_sizes.iter().map(|s| u64::from(*s)).sum();
+    if total != data.data.len() as u64 {
+        return None;
+    }
+    Some(Batch {
+        logical_timestamp_ms: data.logical_timestamp_ms,
+        max_delay_ms: data.max_delay_ms,
+        points: data.data,
+        block_sizes,
+    })
 }
 
 fn bytes(map: &HashMap<String, Value>, field: &str) -> Option<Bytes> {
@@ -140,7 +185,7 @@ pub fn parse_entry(id: &str, map: &HashMap<String, Value>, leader: &mut Option<A
         "job" => RelayTag::JobStarted(arg),
         "meta" => RelayTag::Metadata(Arc::new(serde_json::from_slice::<MetadataMessage>(&json).ok()?)),
         "exp" => RelayTag::Expired(Tsid::parse(&arg).ok()?),
-        "data" => RelayTag::Data(arg.parse().ok()?),
+        "data" => RelayTag::Data(data_from(&json, &arg)?),
         "disc" => RelayTag::Disconnected,
         "res" => RelayTag::Resumed,
         "end" => RelayTag::End(terminal_from_json(&arg)),
@@ -179,5 +224,54 @@ mod tests {
         }
         assert_eq!(parse_entry_id("3-17"), Some(3 * EPOCH_FACTOR + 17));
         assert_eq!(parse_entry_id("x"), None);
+    }
+
+    fn entry(json: &[u8], kind: &str, arg: &str) -> HashMap<String, Value> {
+        [
+            ("n", b"data".to_vec()),
+            ("j", json.to_vec()),
+            ("k", kind.into()),
+            ("a", arg.into()),
+            ("o", b"node-a".to_vec()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), Value::BulkString(v)))
+        .collect()
+    }
+
+    #[test]
+    fn a_relayed_data_event_is_its_batch_again() {
+        use crate::protocol::Value as Point;
+        let tsid = Tsid;
+        let batch = Batch {
+            logical_timestamp_ms: 1_700_000_000_000,
+            max_delay_ms: Some(2000),
+            points: vec![
+                DataPoint { tsid: tsid(1), value: Point::Long(9_007_199_254_740_993) },
+                DataPoint { tsid: tsid(2), value: Point::Double(-1.5) },
+                DataPoint { tsid: tsid(3), value: Point::Null },
+            ],
+            block_sizes: vec![2, 0, 1],
+        };
+        let mut json = Vec::new();
+        let name = render::render(&crate::upstream::UpstreamEvent::Data(batch.clone()), 0, &mut json);
+        assert_eq!(name, "data");
+        let (kind, arg) = tag_fields(&RelayTag::Data(batch.clone()));
+        assert_eq!((kind, arg.as_str()), ("data", "1700000000000;2,0,1"));
+        let mut leader = None;
+        let event = parse_entry("1-5", &entry(&json, kind, &arg), &mut leader).expect("an event");
+        assert_eq!(event.id, EPOCH_FACTOR + 5);
+        assert_eq!(event.json, json);
+        match event.tag {
+            RelayTag::Data(relayed) => assert_eq!(relayed, batch),
+            _ => panic!("not a data tag"),
+        }
+        // An entry that names only the timestamp is one block; sizes that do not add up are no event.
+        match parse_entry("1-6", &entry(&json, "data", "1700000000000"), &mut leader).map(|e| e.tag) {
+            Some(RelayTag::Data(relayed)) => assert_eq!(relayed.block_sizes, vec![3]),
+            _ => panic!("not a data tag"),
+        }
+        assert!(parse_entry("1-7", &entry(&json, "data", "1700000000000;2,2"), &mut leader).is_none());
+        assert!(parse_entry("1-8", &entry(b"{}", "data", "1700000000000;"), &mut leader).is_none());
     }
 }

@@ -118,6 +118,19 @@ async fn every_replica_streams_the_same_ids_and_bytes_and_a_resume_moves_between
     for other in &seen[1..] {
         assert_eq!(with_ids(other), reference, "replicas differ");
     }
+    // The latest values are read from the relayed events on every replica, the leader's too.
+    let mut series_sets = Vec::new();
+    for replica in &fleet.replicas {
+        let (status, latest) = get(replica, &format!("/computations/{id}/latest")).await;
+        assert_eq!(status, 200, "{latest}");
+        let series = latest["series"].as_array().expect("series");
+        assert!(!series.is_empty(), "no latest values on a replica: {latest}");
+        assert!(series.iter().all(|s| s["value"].is_number() && s["logicalTimestampMs"].is_i64()), "{latest}");
+        let mut tsids: Vec<String> = series.iter().map(|s| s["tsId"].as_str().unwrap().to_owned()).collect();
+        tsids.sort();
+        series_sets.push(tsids);
+    }
+    assert!(series_sets.windows(2).all(|w| w[0] == w[1]), "replicas hold different series: {series_sets:?}");
     // Ids are global: epoch × 10¹² + sequence, one after the other.
     let first = reference[0].0;
     assert!(first > 1_000_000_000_000, "{first}");

@@ -774,15 +774,18 @@ pub mod cluster {
             format!("redis://127.0.0.1:{}/0", self.port)
         }
 
-        /// Starts it (again, on the same port, empty) and waits until it answers.
+        /// Starts it (again, on the same port, empty) and waits until it answers. The server
+        /// binary is `redis-server`, or `TEST_REDIS_SERVER` when set (e.g. a
+        /// `valkey-server`, which takes the same flags).
         pub async fn restart(&mut self) {
-            let child = Command::new("redis-server")
+            let binary = std::env::var("TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+            let child = Command::new(&binary)
                 .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
-                .expect("redis-server is installed (.ci/run installs it)");
+                .unwrap_or_else(|e| panic!("{binary} is installed (.ci/run installs redis-server): {e}"));
             self.child = Some(child);
             let deadline = tokio::time::Instant::now() + WAIT;
             loop {

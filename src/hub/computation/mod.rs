@@ -115,7 +115,10 @@ pub enum RelayTag {
     JobStarted(String),
     Metadata(Arc<MetadataMessage>),
     Expired(Tsid),
-    Data(i64),
+    /// A data batch, decoded again from the rendered JSON (and the block sizes the leader
+    /// sent beside it), so the latest values, whole results and the SignalFlow flavour's
+    /// per-block split work on every replica as on the leader.
+    Data(crate::upstream::Batch),
     Disconnected,
     Resumed,
     End(crate::upstream::Terminal),

@@ -173,6 +173,11 @@ impl Pump {
                 self.set_phase_if_starting();
                 EventKind::Upstream(UpstreamEvent::Metadata(m))
             }
+            RelayTag::Data(batch) => {
+                self.set_phase_if_starting();
+                self.keep_latest(&batch);
+                EventKind::Upstream(UpstreamEvent::Data(batch))
+            }
             tag => {
                 match &tag {
                     RelayTag::JobStarted(_) | RelayTag::Resumed => self.set_phase(Phase::Running),
@@ -181,9 +186,8 @@ impl Pump {
                         self.entry.metadata().remove(tsid);
                         self.snapshot.remove(tsid);
                     }
-                    RelayTag::Data(_) => self.set_phase_if_starting(),
                     RelayTag::End(t) => terminal = Some(t.clone()),
-                    RelayTag::Other | RelayTag::Metadata(_) => {}
+                    RelayTag::Other | RelayTag::Metadata(_) | RelayTag::Data(_) => {}
                 }
                 EventKind::Relayed(Relayed { name, terminal: terminal.clone() })
             }
