@@ -169,15 +169,7 @@ pub async fn serve(
     loop {
         let (tcp, remote) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of descriptors and the like: back off rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = crate::http::serve::accept(&listener) => accepted,
         };
         let acceptor = tls.acceptor.clone();
         let router = router.clone();

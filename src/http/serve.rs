@@ -102,6 +102,20 @@ impl ConnectionStats {
     }
 }
 
+/// The next connection. A failed accept (out of descriptors and the like) is logged and
+/// retried after a short pause rather than in a spin.
+pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(pair) => return pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Serves `listener` until `shutdown` resolves, then lets open connections finish for at most
 /// `drain`. Each request carries `ConnectInfo<SocketAddr>`, as with `axum::serve`.
 pub async fn serve(
@@ -120,15 +134,7 @@ pub async fn serve(
     loop {
         let (tcp, remote) = tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of descriptors and the like: back off rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = accept(&listener) => accepted,
         };
         tracing::trace!(%remote, "connection accepted");
         let router = router.clone();
