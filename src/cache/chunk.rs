@@ -5,9 +5,9 @@
 //! so a stitched result lists its series in the order an uncached job over the same range
 //! would: by first appearance.
 
+use crate::hub::Entry;
 use crate::hub::render::{self, EventKind, Notice};
-use crate::hub::result::{CollectError, CollectedResult, ResultLimits, SeriesResult};
-use crate::hub::{Entry, Format, SubscribeOutcome};
+use crate::hub::result::{CollectError, CollectedResult, EventsToEnd, ResultLimits, SeriesResult};
 use crate::protocol::{Tsid, Value};
 use crate::upstream::{Terminal, UpstreamEvent};
 use serde_json::Map;
@@ -29,6 +29,21 @@ pub struct JobInfo {
     pub limited_result_set: Option<(i64, i64)>,
     /// Information messages (`message` payloads), in order.
     pub messages: Vec<serde_json::Value>,
+}
+
+impl JobInfo {
+    /// What `entry`'s job has reported so far, with the messages collected from its stream.
+    pub fn of(entry: &Entry, messages: Vec<serde_json::Value>) -> JobInfo {
+        let state = entry.control.state();
+        JobInfo {
+            id: entry.id.clone(),
+            resolution_ms: state.resolution_ms,
+            max_delay_ms: state.max_delay_ms,
+            lag_ms: state.lag_ms,
+            limited_result_set: state.limited_result_set,
+            messages,
+        }
+    }
 }
 
 /// One logical timestamp's points, in the order the service sent them.
@@ -223,64 +238,54 @@ pub async fn collect_rows(
     let mut events = Vec::new();
     let mut messages = Vec::new();
     let mut points = 0usize;
-    let mut last_seen: Option<u64> = None;
-    for _ in 0..1000 {
-        let mut subscription = match entry.subscribe(last_seen, Format::Sse).await {
-            Some(SubscribeOutcome::Stream(s)) => s,
-            Some(SubscribeOutcome::Finished) | None => return Err(CollectError::Gone),
-            Some(SubscribeOutcome::TooManySubscribers) => return Err(CollectError::Busy),
+    let mut stream = EventsToEnd::new(entry);
+    loop {
+        let event = stream.next().await?;
+        let upstream = match &event.kind {
+            EventKind::Notice(Notice::ReplayIncomplete) => return Err(CollectError::Incomplete),
+            EventKind::Notice(_) => continue,
+            // The cache's jobs run on this replica, so nothing here is relayed.
+            EventKind::Relayed(_) => continue,
+            EventKind::Upstream(upstream) => upstream,
         };
-        while let Some(event) = subscription.next_event().await {
-            if let Some(seq) = event.seq {
-                last_seen = Some(seq);
+        match upstream {
+            UpstreamEvent::Metadata(m) => {
+                if metadata.len() >= limits.max_series && !metadata.contains_key(&m.tsid) {
+                    return Err(CollectError::TooLarge { what: "the series limit", limit: limits.max_series });
+                }
+                metadata.insert(m.tsid, Arc::new(m.properties.clone()));
             }
-            let upstream = match &event.kind {
-                EventKind::Notice(Notice::ReplayIncomplete) => return Err(CollectError::Incomplete),
-                EventKind::Notice(_) => continue,
-                // The cache's jobs run on this replica, so nothing here is relayed.
-                EventKind::Relayed(_) => continue,
-                EventKind::Upstream(upstream) => upstream,
-            };
-            match upstream {
-                UpstreamEvent::Metadata(m) => {
-                    if metadata.len() >= limits.max_series && !metadata.contains_key(&m.tsid) {
-                        return Err(CollectError::TooLarge { what: "the series limit", limit: limits.max_series });
-                    }
-                    metadata.insert(m.tsid, Arc::new(m.properties.clone()));
+            UpstreamEvent::Data(batch) => {
+                points += batch.points.len();
+                if points > limits.max_points {
+                    return Err(CollectError::TooLarge { what: "the point limit", limit: limits.max_points });
                 }
-                UpstreamEvent::Data(batch) => {
-                    points += batch.points.len();
-                    if points > limits.max_points {
-                        return Err(CollectError::TooLarge { what: "the point limit", limit: limits.max_points });
-                    }
-                    let new_points = batch.points.iter().map(|p| (p.tsid, p.value));
-                    match rows.last_mut() {
-                        Some(row) if row.t == batch.logical_timestamp_ms => row.points.extend(new_points),
-                        _ => rows.push(Row { t: batch.logical_timestamp_ms, points: new_points.collect() }),
-                    }
+                let new_points = batch.points.iter().map(|p| (p.tsid, p.value));
+                match rows.last_mut() {
+                    Some(row) if row.t == batch.logical_timestamp_ms => row.points.extend(new_points),
+                    _ => rows.push(Row { t: batch.logical_timestamp_ms, points: new_points.collect() }),
                 }
-                UpstreamEvent::Event(e) => {
-                    events.push((e.timestamp_ms.unwrap_or(start), render::event_value(e)));
-                }
-                UpstreamEvent::Info(info) => messages.push(render::info_value(info)),
-                UpstreamEvent::Ended(Terminal::EndOfChannel) => {
-                    let state = entry.control.state();
-                    let info = JobInfo {
-                        id: entry.id.clone(),
-                        resolution_ms: state.resolution_ms,
-                        max_delay_ms: state.max_delay_ms,
-                        lag_ms: state.lag_ms,
-                        limited_result_set: state.limited_result_set,
-                        messages,
-                    };
-                    return Ok(JobOutput { start, stop, info: Arc::new(info), rows, metadata, events, fetched_at_ms });
-                }
-                UpstreamEvent::Ended(other) => return Err(CollectError::Failed(other.clone())),
-                _ => {}
             }
+            UpstreamEvent::Event(e) => {
+                events.push((e.timestamp_ms.unwrap_or(start), render::event_value(e)));
+            }
+            UpstreamEvent::Info(info) => messages.push(render::info_value(info)),
+            UpstreamEvent::Ended(Terminal::EndOfChannel) => {
+                let state = entry.control.state();
+                let info = JobInfo {
+                    id: entry.id.clone(),
+                    resolution_ms: state.resolution_ms,
+                    max_delay_ms: state.max_delay_ms,
+                    lag_ms: state.lag_ms,
+                    limited_result_set: state.limited_result_set,
+                    messages,
+                };
+                return Ok(JobOutput { start, stop, info: Arc::new(info), rows, metadata, events, fetched_at_ms });
+            }
+            UpstreamEvent::Ended(other) => return Err(CollectError::Failed(other.clone())),
+            _ => {}
         }
     }
-    Err(CollectError::Incomplete)
 }
 
 #[cfg(test)]

@@ -8,11 +8,12 @@
 
 use super::computation::{Entry, SubscribeOutcome};
 use super::render::{self, EventKind, GatewayEvent, Notice};
-use super::stream::Format;
+use super::stream::{Format, Subscription};
 use crate::protocol::{Tsid, Value};
 use crate::upstream::{Terminal, UpstreamEvent};
 use serde_json::Map;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// Caps on one result.
 #[derive(Debug, Clone, Copy)]
@@ -139,25 +140,56 @@ pub async fn collect(entry: &Entry, limits: ResultLimits) -> Result<CollectedRes
         result: CollectedResult { series: Vec::new(), events: Vec::new(), messages: Vec::new() },
         points: 0,
     };
-    let mut last_seen: Option<u64> = None;
-    // Each pass is one subscription; a pass that ends without the terminal was cut off (too
-    // slow) and resumes from the last id. The bound only guards against a pathological loop.
-    for _ in 0..1000 {
-        let mut subscription = match entry.subscribe(last_seen, Format::Sse).await {
-            Some(SubscribeOutcome::Stream(s)) => s,
-            Some(SubscribeOutcome::Finished) | None => return Err(CollectError::Gone),
-            Some(SubscribeOutcome::TooManySubscribers) => return Err(CollectError::Busy),
-        };
-        while let Some(event) = subscription.next_event().await {
-            if let Some(seq) = event.seq {
-                last_seen = Some(seq);
-            }
-            match collector.take(&event)? {
-                Some(Terminal::EndOfChannel) => return Ok(collector.result),
-                Some(other) => return Err(CollectError::Failed(other)),
-                None => {}
-            }
+    let mut events = EventsToEnd::new(entry);
+    loop {
+        let event = events.next().await?;
+        match collector.take(&event)? {
+            Some(Terminal::EndOfChannel) => return Ok(collector.result),
+            Some(other) => return Err(CollectError::Failed(other)),
+            None => {}
         }
     }
-    Err(CollectError::Incomplete)
+}
+
+/// A computation's events from its first one, read across subscriptions: a subscription that
+/// ends before the terminal event was cut off (a too-slow subscriber is dropped) and the next
+/// resumes after the last id seen. The passes are bounded only against a pathological loop.
+pub struct EventsToEnd<'a> {
+    entry: &'a Entry,
+    subscription: Option<Subscription>,
+    last_seen: Option<u64>,
+    passes: usize,
+}
+
+impl<'a> EventsToEnd<'a> {
+    const MAX_PASSES: usize = 1000;
+
+    pub fn new(entry: &'a Entry) -> Self {
+        EventsToEnd { entry, subscription: None, last_seen: None, passes: 0 }
+    }
+
+    /// The next event. The caller stops at the terminal event; past it this waits for a
+    /// subscription that has nothing more and ends with [`CollectError::Gone`].
+    pub async fn next(&mut self) -> Result<Arc<GatewayEvent>, CollectError> {
+        loop {
+            if let Some(subscription) = self.subscription.as_mut() {
+                if let Some(event) = subscription.next_event().await {
+                    if let Some(seq) = event.seq {
+                        self.last_seen = Some(seq);
+                    }
+                    return Ok(event);
+                }
+                self.subscription = None;
+            }
+            if self.passes == Self::MAX_PASSES {
+                return Err(CollectError::Incomplete);
+            }
+            self.passes += 1;
+            self.subscription = match self.entry.subscribe(self.last_seen, Format::Sse).await {
+                Some(SubscribeOutcome::Stream(s)) => Some(s),
+                Some(SubscribeOutcome::Finished) | None => return Err(CollectError::Gone),
+                Some(SubscribeOutcome::TooManySubscribers) => return Err(CollectError::Busy),
+            };
+        }
+    }
 }
