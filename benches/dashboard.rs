@@ -13,8 +13,8 @@
 //! before each refresh, so the fresh edge (`now − maxDelay − cache.fresh_margin`) moves as it
 //! would on a live dashboard. Counted: the simulator's `jobsStarted` and `pointsSent`, and the
 //! cache's `sfgw_cache_bytes` / `sfgw_cache_entries` and its tail counters
-//! (`sfgw_cache_tails_started_total`, `sfgw_cache_tail_fallbacks_total`) at the end. Not a
-//! timing benchmark.
+//! (`sfgw_cache_tails_started_total`, `sfgw_cache_tail_fallbacks_total`,
+//! `sfgw_cache_tail_backfills_total`) at the end. Not a timing benchmark.
 
 use serde_json::Value;
 use signalflow_gateway::app::Application;
@@ -54,6 +54,7 @@ struct Outcome {
     cache_entries: f64,
     tails_started: f64,
     tail_fallbacks: f64,
+    tail_backfills: f64,
     elapsed: Duration,
 }
 
@@ -147,6 +148,7 @@ async fn run(cache: bool, refreshes: i64) -> Outcome {
         cache_entries: metric(&metrics, "sfgw_cache_entries"),
         tails_started: metric(&metrics, "sfgw_cache_tails_started_total"),
         tail_fallbacks: metric(&metrics, "sfgw_cache_tail_fallbacks_total"),
+        tail_backfills: metric(&metrics, "sfgw_cache_tail_backfills_total"),
         elapsed,
     }
 }
@@ -161,13 +163,13 @@ async fn main() {
         REFRESH_MS / 1000
     );
     println!(
-        "| Cache | Panel queries | Failed | Upstream jobs started | Points sent upstream | Cache bytes | Cache chunks | Tails started | Tail fallbacks | Wall time |"
+        "| Cache | Panel queries | Failed | Upstream jobs started | Points sent upstream | Cache bytes | Cache chunks | Tails started | Tail fallbacks | Tail backfills | Wall time |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for cache in [false, true] {
         let o = run(cache, refreshes).await;
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} s |",
             if cache { "on" } else { "off" },
             o.queries,
             o.failures,
@@ -177,6 +179,7 @@ async fn main() {
             o.cache_entries,
             o.tails_started,
             o.tail_fallbacks,
+            o.tail_backfills,
             o.elapsed.as_secs_f64()
         );
     }

@@ -194,7 +194,7 @@ impl std::fmt::Debug for CacheCollector {
 impl Collector for CacheCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let stats = (self.0)();
-        let counters: [(&str, &str, u64); 13] = [
+        let counters: [(&str, &str, u64); 14] = [
             ("sfgw_cache_hits", "Result chunks answered from the cache", stats.hits),
             ("sfgw_cache_misses", "Result chunks fetched upstream", stats.misses),
             ("sfgw_cache_jobs", "Upstream jobs run by the results cache", stats.jobs),
@@ -215,6 +215,11 @@ impl Collector for CacheCollector {
                 "sfgw_cache_tail_fallbacks",
                 "Queries whose unsettled stretch ran as a job: the tail limit was reached, or the tail had not caught up",
                 stats.tails.fallbacks,
+            ),
+            (
+                "sfgw_cache_tail_backfills",
+                "Missing settled stretches read from a tail computation's record instead of a job (the query that started the tail lacked them)",
+                stats.tails.backfills,
             ),
             ("sfgw_cache_tail_idle_stops", "Tail computations stopped after the idle timeout", stats.tails.idle_stops),
             ("sfgw_cache_stream_hits", "One-shot streams replayed from the cache", stats.streams.hits),

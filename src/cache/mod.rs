@@ -9,7 +9,8 @@
 //! - [`streams`]: the events of one-shot streams whose range is settled, replayed
 //!   identically.
 //! - [`tail`]: standing tail computations, which serve the unsettled end of a range (past the
-//!   fresh edge) without a job per refresh.
+//!   fresh edge) without a job per refresh, and fill the settled chunks that the query that
+//!   starts one lacks (no job of its own).
 //!
 //! Chunk `i` of a query with resolution `R` covers `[i·R·n, (i+1)·R·n)` with `n` =
 //! [`CacheSettings::chunk_points`]. A chunk is stored only when it ends at or before the fresh

@@ -4,10 +4,19 @@
 //! A dashboard's sliding "last 1 h" always reaches past the fresh edge
 //! (`now − maxDelay − fresh_margin`), and that stretch is never stored. The first query that
 //! reaches past the edge starts a live computation for its key (tenant, normalised program,
-//! resolution, execute options) from the start of the chunk holding the edge; a collector task
-//! records its data as rows, and every later query of the key reads the stretch from the
-//! chunk holding its own edge onward from those rows. Settled chunks still come from the store
-//! (or one upstream job per new chunk).
+//! resolution, execute options); a collector task records its data as rows, and every later
+//! query of the key reads the stretch from the chunk holding its own edge onward from those
+//! rows. Settled chunks still come from the store (or one upstream job per new chunk).
+//!
+//! Where the tail starts: from the chunk holding the fresh edge, unless the query that starts
+//! it also lacks stored settled chunks. Then it starts from the earliest chunk the query lacks,
+//! and the chunks that had settled when it started (ending at or before the fresh edge of that
+//! moment, taken with the computation's reported max delay) are stored from its record as a
+//! bounded job's output would be — the first query of a key needs one upstream job, not two.
+//! That is exact: the part of a live computation's output before the fresh edge at its start
+//! is computed from the same stored data as a bounded job run at that moment. A chunk that
+//! settles later is never taken from a tail: the live computation emitted it before late data
+//! could arrive, so it comes from its own bounded job.
 //!
 //! What the tail holds, against an uncached job over the same range: the intervals the live
 //! computation has emitted. A query waits (at most `cache.tail_wait`) until the tail has every
@@ -17,8 +26,10 @@
 //!
 //! Bounded: at most `cache.max_tails` stand at once (beyond it, or when a tail has not caught
 //! up within `tail_wait`, the query runs the stretch as its own job, counted as a fallback);
-//! each keeps at most the result point limit, oldest rows dropped first. A tail stops once no
-//! query has read it for `stream.idle_timeout`. Keys hold the tenant: tenants never share.
+//! each keeps at most the result point limit, oldest rows dropped first (a tail that dropped
+//! rows no longer covers them: the chunks it was to fill then come from a job). A tail stops
+//! once no query has read it for `stream.idle_timeout`. Keys hold the tenant: tenants never
+//! share.
 
 use super::CacheKey;
 use super::chunk::{JobInfo, JobOutput, Properties, Row};
@@ -119,10 +130,14 @@ impl Tail {
     }
 
     /// The recorded output over `[from, to)`, as a job's output (its id, resolution and max
-    /// delay are the tail computation's).
-    pub fn read(&self, from: i64, to: i64) -> JobOutput {
+    /// delay are the tail computation's). `None` when the tail no longer holds `from`: checked
+    /// under the same lock as the read, so rows dropped meanwhile cannot cut it short.
+    pub fn read(&self, from: i64, to: i64) -> Option<JobOutput> {
         let state = self.entry.control.state();
         let r = self.recorded.lock();
+        if r.from > from {
+            return None;
+        }
         let rows: Vec<Row> = r.rows.iter().filter(|row| row.t >= from && row.t < to).cloned().collect();
         let mut metadata = HashMap::new();
         for (tsid, _) in rows.iter().flat_map(|row| &row.points) {
@@ -139,7 +154,7 @@ impl Tail {
             limited_result_set: state.limited_result_set,
             messages: r.messages.clone(),
         };
-        JobOutput {
+        Some(JobOutput {
             start: from,
             stop: to,
             info: Arc::new(info),
@@ -147,7 +162,7 @@ impl Tail {
             metadata,
             events,
             fetched_at_ms: self.entry.created_at_ms,
-        }
+        })
     }
 
     fn record(&self, event: &UpstreamEvent) {
@@ -174,8 +189,12 @@ impl Tail {
                 self.newest.send_replace(Some(t));
             }
             UpstreamEvent::Event(e) => {
-                if r.events.len() >= MAX_EVENTS {
-                    r.events.pop_front();
+                // The event bound: like the point bound, the tail then covers less, so that no
+                // read (nor stored chunk) silently lacks an event.
+                if r.events.len() >= MAX_EVENTS
+                    && let Some((dropped, _)) = r.events.pop_front()
+                {
+                    r.from = r.from.max(dropped + 1);
                 }
                 let at = e.timestamp_ms.unwrap_or(r.from);
                 r.events.push_back((at, render::event_value(e)));
@@ -205,6 +224,7 @@ pub struct Tails {
     started: AtomicU64,
     reads: AtomicU64,
     fallbacks: AtomicU64,
+    backfills: AtomicU64,
     idle_stops: AtomicU64,
 }
 
@@ -225,6 +245,8 @@ pub struct TailStats {
     pub started: u64,
     pub reads: u64,
     pub fallbacks: u64,
+    /// Missing settled stretches read from a tail's record instead of a job.
+    pub backfills: u64,
     pub idle_stops: u64,
 }
 
@@ -315,6 +337,15 @@ impl Tails {
         self.fallbacks.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn count_backfill(&self) {
+        self.backfills.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A live tail stands for `key`.
+    pub fn is_standing(&self, key: &CacheKey) -> bool {
+        self.by_key.lock().get(key).is_some_and(|t| t.is_live())
+    }
+
     /// The standing tail of `key`, if any (for tests and introspection).
     pub fn get(&self, key: &CacheKey) -> Option<Arc<Tail>> {
         self.by_key.lock().get(key).cloned()
@@ -326,6 +357,7 @@ impl Tails {
             started: self.started.load(Ordering::Relaxed),
             reads: self.reads.load(Ordering::Relaxed),
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
+            backfills: self.backfills.load(Ordering::Relaxed),
             idle_stops: self.idle_stops.load(Ordering::Relaxed),
         }
     }

@@ -3,7 +3,8 @@
 //! timestamp, empty cells for missing points.
 //!
 //! Queries with an explicit resolution go through the results cache ([`crate::cache`]): stored
-//! chunks are read, the missing ranges run as upstream jobs (identical ones in flight shared),
+//! chunks are read, the missing ranges run as upstream jobs (identical ones in flight shared)
+//! or, for the query that starts its key's tail computation, are read from that tail's record,
 //! and the parts are stitched into the result an uncached job would give. `"cache": false` in
 //! the body or `Cache-Control: no-cache` on the request bypasses it. Every answer carries
 //! `Cache-Control` (and `Age` when stored chunks were used).
@@ -12,7 +13,7 @@ use super::AppState;
 use super::computations::create_entry;
 use super::error::ApiError;
 use crate::cache::chunk::{self, JobInfo, JobOutput, Segment};
-use crate::cache::{CacheKey, Plan, TailStart};
+use crate::cache::{CacheKey, Plan, Tail, TailStart};
 use crate::hub::result::{CollectError, CollectedResult, ResultLimits, SeriesResult, collect};
 use crate::hub::{ComputationSpec, Entry, RawSpec, Tenant};
 use crate::protocol::Value as PointValue;
@@ -111,19 +112,25 @@ pub async fn bounded(
     let chunk_ms = resolution.saturating_mul(i64::from(state.cache.settings.chunk_points.max(1)));
     let unsettled = edge.div_euclid(chunk_ms) * chunk_ms;
     let tail = if stop > unsettled && state.cache.settings.max_tails > 0 {
-        read_tail(state, tenant, &spec, &key, unsettled, start.max(unsettled), stop).await
+        let tail_from = tail_start(state, &key, resolution, start, unsettled, edge, now);
+        read_tail(state, tenant, &spec, &key, tail_from, start.max(unsettled), stop).await
     } else {
         None
     };
     let settled_stop = if tail.is_some() { stop.min(unsettled) } else { stop };
+    let backfill = tail.as_ref().map(|(tail, _)| Backfill::new(state, &spec, tail));
     let (mut segments, age) = if start < settled_stop {
         let plan = state.cache.plan(&key, resolution, start, settled_stop, edge);
-        fetch_missing(state, tenant, &spec, &key, &plan).await?
+        fetch_missing(state, tenant, &spec, &key, &plan, backfill.as_ref()).await?
     } else {
         state.cache.count_saved();
         (Vec::new(), None)
     };
-    segments.extend(tail.map(|t| Segment::Fetched(Arc::new(t))));
+    if let Some((tail, stretch)) = tail {
+        // Only now: the settled rows it held were read (and stored) above.
+        tail.drop_before(unsettled);
+        segments.push(Segment::Fetched(Arc::new(stretch)));
+    }
     let stitched = chunk::stitch(&segments, start, stop, limits(state)).map_err(too_large)?;
     Ok(Bounded {
         id: stitched.newest.id.clone(),
@@ -146,32 +153,45 @@ pub fn asks_no_cache(headers: &HeaderMap) -> bool {
 }
 
 /// Reads the stored chunks of `plan` and runs a job for each missing range (sharing identical
-/// ones in flight); the parts in time order, and the age of the oldest stored chunk used.
+/// ones in flight) — or, where `backfill` holds a missing range settled, reads it from that
+/// tail's record instead and stores it as the job's output would be; the parts in time order,
+/// and the age of the oldest stored chunk used.
 async fn fetch_missing(
     state: &AppState,
     tenant: &Tenant,
     spec: &ComputationSpec,
     key: &CacheKey,
     plan: &Plan,
+    backfill: Option<&Backfill<'_>>,
 ) -> Result<(Vec<Segment>, Option<Duration>), ApiError> {
     let cache = &state.cache;
     let stored = plan.chunks.iter().filter(|(_, c)| c.is_some()).count();
     cache.count_hits(stored);
     cache.count_misses(plan.chunks.len() - stored);
     let mut fetched: Vec<((i64, i64), Arc<JobOutput>)> = Vec::new();
-    let mut ran_any = false;
+    // Fetched upstream by this request: a job it ran, or a tail's record (the tail was started
+    // for it, as a rule).
+    let mut fetched_any = false;
     for &(from, to) in &plan.fetch {
+        let from_tail = backfill.and_then(|b| Some((b.read(from, to)?, b.settled_before)));
+        if let Some((output, settled_before)) = from_tail {
+            fetched_any = true;
+            cache.tails.count_backfill();
+            cache.store_output(key, &output, plan.chunk_ms, settled_before);
+            fetched.push(((from, to), Arc::new(output)));
+            continue;
+        }
         let job = || run_job(state, tenant, spec, from, to);
         let (outcome, ran) = cache.jobs.run((key.clone(), from, to), job).await;
         let output = outcome?;
         if ran {
-            ran_any = true;
+            fetched_any = true;
             cache.count_job();
             cache.store_output(key, &output, plan.chunk_ms, plan.fresh_edge);
         }
         fetched.push(((from, to), output));
     }
-    if !ran_any {
+    if !fetched_any {
         cache.count_saved();
     }
     let mut segments: Vec<Segment> = Vec::new();
@@ -194,25 +214,82 @@ async fn fetch_missing(
     Ok((segments, oldest.map(|o| o.elapsed())))
 }
 
-/// The stretch `[from, stop)` from the key's standing tail computation (started from
-/// `unsettled`, the start of the chunk holding the fresh edge, if none stands). `None` — the
-/// caller then runs the stretch as a job, counted as a fallback — when the tail limit is
-/// reached, the tail could not start, no longer holds `from`, or has not recorded the newest
-/// closed interval within `cache.tail_wait`. See [`crate::cache::tail`] for what it holds.
+/// A standing tail's record, read in place of a job for the missing settled stretches it
+/// holds whole: those that had settled when its computation started. That part of a live
+/// computation's output is computed from the same stored data as a bounded job run at that
+/// moment, so it is stored as that job's output would be. A chunk that settled later is not
+/// read from it (the live computation emitted it before late data could arrive): it comes from
+/// its own job. See [`crate::cache::tail`].
+struct Backfill<'a> {
+    tail: &'a Tail,
+    /// The fresh edge when the tail started, with the larger of the requested and the reported
+    /// max delay (as [`crate::cache::ResultsCache::store_output`] takes it for a job).
+    settled_before: i64,
+    resolution_ms: i64,
+}
+
+impl<'a> Backfill<'a> {
+    fn new(state: &AppState, spec: &ComputationSpec, tail: &'a Tail) -> Self {
+        let reported = tail.entry.control.state();
+        let max_delay = spec.max_delay_ms.unwrap_or(0).max(reported.max_delay_ms.unwrap_or(0));
+        let settled_before = state.cache.fresh_edge(tail.entry.created_at_ms, Some(max_delay));
+        let resolution_ms = reported.resolution_ms.or(spec.resolution_ms).unwrap_or(1000).max(1);
+        Backfill { tail, settled_before, resolution_ms }
+    }
+
+    /// `[from, to)` from the tail: `None` unless it had settled when the tail started, the tail
+    /// still holds `from`, and it has recorded the last interval before `to`.
+    fn read(&self, from: i64, to: i64) -> Option<JobOutput> {
+        let recorded = self.tail.newest().is_some_and(|newest| newest >= to - self.resolution_ms);
+        if to > self.settled_before || !recorded {
+            return None;
+        }
+        self.tail.read(from, to)
+    }
+}
+
+/// Where a tail started by this query begins: at `unsettled` (the start of the chunk holding
+/// the fresh edge), unless no tail stands for the key and the query lacks stored settled
+/// chunks — then at the earliest chunk it lacks, so that the tail's record fills them and the
+/// query needs no job of its own. Not when one series over that stretch would already outgrow
+/// the tail's point bound (its oldest rows would be dropped before they are read).
+fn tail_start(
+    state: &AppState,
+    key: &CacheKey,
+    resolution: i64,
+    start: i64,
+    unsettled: i64,
+    edge: i64,
+    now: i64,
+) -> i64 {
+    if start >= unsettled || state.cache.tails.is_standing(key) {
+        return unsettled;
+    }
+    let plan = state.cache.plan(key, resolution, start, unsettled, edge);
+    let Some(&(earliest, _)) = plan.fetch.first() else { return unsettled };
+    let intervals = (now - earliest) / resolution.max(1);
+    if intervals > state.hub.settings().limits.max_result_points as i64 { unsettled } else { earliest }
+}
+
+/// The key's standing tail computation (started from `tail_from` if none stands) and its
+/// record of the stretch `[from, stop)`. `None` — the caller then runs the stretch as a job,
+/// counted as a fallback — when the tail limit is reached, the tail could not start, no longer
+/// holds `from`, or has not recorded the newest closed interval within `cache.tail_wait`. See
+/// [`crate::cache::tail`] for what it holds.
 async fn read_tail(
     state: &AppState,
     tenant: &Tenant,
     spec: &ComputationSpec,
     key: &CacheKey,
-    unsettled: i64,
+    tail_from: i64,
     from: i64,
     stop: i64,
-) -> Option<JobOutput> {
+) -> Option<(Arc<Tail>, JobOutput)> {
     let cache = &state.cache;
     let hub_settings = state.hub.settings();
     let run = TailStart {
         hub: state.hub.clone(),
-        from: unsettled,
+        from: tail_from,
         max_tails: cache.settings.max_tails,
         max_points: hub_settings.limits.max_result_points,
         idle_timeout: hub_settings.stream.idle_timeout,
@@ -220,7 +297,7 @@ async fn read_tail(
     let start_entry = || async {
         let raw = RawSpec {
             program: Some(spec.program.clone()),
-            start: Some(json!(unsettled)),
+            start: Some(json!(tail_from)),
             stop: None,
             resolution: spec.resolution_ms.map(Into::into),
             max_delay: spec.max_delay_ms.map(Into::into),
@@ -239,16 +316,20 @@ async fn read_tail(
     let resolution = reported.resolution_ms.or(spec.resolution_ms).unwrap_or(1000).max(1);
     let max_delay = reported.max_delay_ms.or(spec.max_delay_ms).unwrap_or(0).max(0);
     // The newest interval the answer must hold: the last one before `stop` that has closed
-    // and whose max delay has passed.
+    // and whose max delay has passed. Rows come in time order, so a tail that has it also has
+    // every settled interval it is to fill before it.
     let last = (crate::clock::now_ms() - resolution - max_delay).min(stop - 1);
     let target = last.div_euclid(resolution) * resolution;
     if target >= from && !tail.wait_for(target, cache.settings.tail_wait).await {
         cache.tails.count_fallback();
         return None;
     }
-    tail.drop_before(unsettled);
+    let Some(stretch) = tail.read(from, stop) else {
+        cache.tails.count_fallback();
+        return None;
+    };
     cache.tails.count_read();
-    Some(tail.read(from, stop))
+    Some((tail, stretch))
 }
 
 /// One upstream job over `[from, to)` with the query's options, collected as rows.

@@ -63,7 +63,7 @@ async fn query(gw: &Gateway, body: &Json, csv: bool, extra: &[(&str, &str)]) -> 
 /// The JSON result with the fields that name the job that ran it blanked: the computation id,
 /// and the job handle the service writes into each series' `computationId` and `sf_metric`.
 /// Everything else — series order, metadata, points, header — must be equal as it is.
-fn without_job_names(text: &str) -> Json {
+pub(crate) fn without_job_names(text: &str) -> Json {
     let mut v: Json = serde_json::from_str(text).unwrap();
     v["id"] = Json::Null;
     v["messages"] = Json::Null; // per job, with the service's wall-clock timestampMs

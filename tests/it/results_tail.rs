@@ -1,8 +1,10 @@
 //! Standing tail computations of the results cache (`cache::tail`), against the built-in
-//! simulator: a sliding window's refresh runs no job while the tail stands, a new job only when
-//! a chunk settles, the tail's part equals an uncached job's, the tail stops after the idle
-//! timeout, the limit's fallback, and tenants apart.
+//! simulator: the first query of a sliding window runs one job (the tail, which also fills its
+//! settled chunks), a refresh runs no job while the tail stands, a new job only when a chunk
+//! settles, the tail's part equals an uncached job's, the tail stops after the idle timeout,
+//! the limits' fallbacks, and tenants apart.
 
+use crate::results_cache::without_job_names;
 use crate::support::*;
 use serde_json::{Value as Json, json};
 use signalflow_gateway::config::Settings;
@@ -111,18 +113,18 @@ async fn a_sliding_window_refresh_reads_the_standing_tail_and_runs_no_job() {
     let before = jobs_started(&gw).await;
     let first = whole(&gw, PROGRAM, now - 60_000, now, true, true).await;
     assert!(first.lines().count() > 50, "{first}");
-    // One job for the settled chunks, one standing tail computation from the unsettled chunk.
-    assert_eq!(jobs_started(&gw).await, before + 2);
+    // One standing tail computation, from the window's first chunk: its record also filled the
+    // settled chunks (see the_first_query_of_a_sliding_window_runs_one_job_the_tail).
+    assert_eq!(jobs_started(&gw).await, before + 1);
     let ranges = job_ranges(&gw, PROGRAM).await;
-    assert!(ranges.contains(&((now - 60_000).div_euclid(CHUNK_MS) * CHUNK_MS, Some(unsettled))), "{ranges:?}");
-    assert!(ranges.contains(&(unsettled, None)), "the tail is live from the unsettled chunk: {ranges:?}");
+    assert_eq!(ranges, [((now - 60_000).div_euclid(CHUNK_MS) * CHUNK_MS, None)]);
 
     // Refreshes a second and two seconds later: no job at all, and the newest intervals are in.
     for shift in [1_000, 2_000] {
         tokio::time::sleep(Duration::from_millis(1_000)).await;
         let (start, stop) = (now - 60_000 + shift, now + shift);
         let refreshed = whole(&gw, PROGRAM, start, stop, true, false).await;
-        let expected = before + 2 + 2 * (shift / 1_000 - 1);
+        let expected = before + 1 + 2 * (shift / 1_000 - 1);
         assert_eq!(jobs_started(&gw).await, expected, "a refresh runs no job while the tail stands");
         let got = points(&refreshed);
         assert_eq!(got.len(), 2);
@@ -149,6 +151,65 @@ async fn a_sliding_window_refresh_reads_the_standing_tail_and_runs_no_job() {
     assert_eq!(metric(&m, "sfgw_cache_tails"), 1.0);
     assert_eq!(metric(&m, "sfgw_cache_tail_reads_total"), 5.0);
     assert_eq!(metric(&m, "sfgw_cache_tail_fallbacks_total"), 0.0);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_first_query_of_a_sliding_window_runs_one_job_the_tail() {
+    let gw = spawn_gateway(tail_settings()).await;
+    let now = just_after_a_chunk_settles(3_000).await;
+    let (start, stop) = (now - 60_000, now);
+    let earliest = start.div_euclid(CHUNK_MS) * CHUNK_MS;
+    let unsettled = (now - MARGIN_MS).div_euclid(CHUNK_MS) * CHUNK_MS;
+    let before = jobs_started(&gw).await;
+    let first = whole(&gw, PROGRAM, start, stop, true, true).await;
+    assert_eq!(jobs_started(&gw).await, before + 1, "one upstream job");
+    assert_eq!(job_ranges(&gw, PROGRAM).await, [(earliest, None)], "live, from the window's first chunk");
+    let m = metrics(&gw).await;
+    assert_eq!(metric(&m, "sfgw_cache_jobs_total"), 0.0, "no bounded job");
+    assert_eq!(metric(&m, "sfgw_cache_tail_backfills_total"), 1.0);
+    // Stored: the chunks that had settled when the tail started; not the one holding the edge.
+    assert_eq!(metric(&m, "sfgw_cache_entries"), ((unsettled - earliest) / CHUNK_MS) as f64);
+
+    // The answer is the uncached one (a job of its own), byte for byte.
+    let uncached = whole(&gw, PROGRAM, start, stop, false, true).await;
+    assert!(first.lines().count() > 50, "{first}");
+    assert_eq!(first, uncached);
+    // A repeat reads the chunks stored from the tail's record, and the tail: no job; in JSON
+    // the same as uncached but for the names of the jobs.
+    let cached_json = whole(&gw, PROGRAM, start, stop, true, false).await;
+    let uncached_json = whole(&gw, PROGRAM, start, stop, false, false).await;
+    assert_eq!(without_job_names(&cached_json), without_job_names(&uncached_json));
+    assert_eq!(jobs_started(&gw).await, before + 3, "only the two uncached queries ran jobs");
+    let m = metrics(&gw).await;
+    assert_eq!(metric(&m, "sfgw_cache_jobs_total"), 0.0);
+    assert_eq!(metric(&m, "sfgw_cache_tail_backfills_total"), 1.0);
+    assert_eq!(metric(&m, "sfgw_cache_tails_started_total"), 1.0);
+    assert_eq!(metric(&m, "sfgw_cache_tail_fallbacks_total"), 0.0);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn settled_chunks_the_tail_could_not_hold_come_from_a_job() {
+    let mut settings = tail_settings();
+    // Two series. The answer (30 to 32 intervals) fits in 68 points; the tail from the
+    // window's first chunk (35 or more intervals) does not, and drops its oldest rows.
+    settings.limits.max_result_points = 68;
+    let gw = spawn_gateway(settings).await;
+    let now = just_after_a_chunk_settles(3_000).await;
+    let unsettled = (now - MARGIN_MS).div_euclid(CHUNK_MS) * CHUNK_MS;
+    let earliest = unsettled - 3 * CHUNK_MS;
+    let (start, stop) = (earliest + 5_000, now);
+    let before = jobs_started(&gw).await;
+    let first = whole(&gw, PROGRAM, start, stop, true, true).await;
+    assert_eq!(jobs_started(&gw).await, before + 2, "the tail, and a job for the settled chunks");
+    let ranges = job_ranges(&gw, PROGRAM).await;
+    assert_eq!(ranges, [(earliest, None), (earliest, Some(unsettled))]);
+    assert_eq!(first, whole(&gw, PROGRAM, start, stop, false, true).await);
+    let m = metrics(&gw).await;
+    assert_eq!(metric(&m, "sfgw_cache_tail_backfills_total"), 0.0);
+    assert_eq!(metric(&m, "sfgw_cache_tail_fallbacks_total"), 0.0, "the stretch came from the tail");
+    assert_eq!(metric(&m, "sfgw_cache_entries"), 3.0);
     gw.stop().await;
 }
 
@@ -239,7 +300,7 @@ async fn tenants_never_share_a_tail() {
     assert_eq!(ask("token-of-tenant-a").await.unwrap().status(), 200);
     let before = jobs_started(&gw).await;
     assert_eq!(ask("token-of-tenant-b").await.unwrap().status(), 200);
-    assert_eq!(jobs_started(&gw).await, before + 2, "tenant b: its own settled job and its own tail");
+    assert_eq!(jobs_started(&gw).await, before + 1, "tenant b: its own tail (which fills its settled chunks)");
     let m = metrics(&gw).await;
     assert_eq!(metric(&m, "sfgw_cache_tails"), 2.0);
     gw.stop().await;
