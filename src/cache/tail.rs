@@ -33,8 +33,9 @@
 
 use super::CacheKey;
 use super::chunk::{JobInfo, JobOutput, Properties, Row};
-use crate::hub::render::{self, EventKind};
-use crate::hub::{Entry, Format, Hub, SubscribeOutcome};
+use crate::hub::render::{self, EventKind, Notice};
+use crate::hub::result::EventsToEnd;
+use crate::hub::{Entry, Hub};
 use crate::protocol::Tsid;
 use crate::upstream::UpstreamEvent;
 use parking_lot::Mutex;
@@ -301,21 +302,31 @@ impl Tails {
     }
 
     /// Records the tail's events until it ends, or stops it once no query read it for `idle`.
+    /// A collector that falls behind and is dropped resumes after the last event it recorded;
+    /// one that cannot (the events are gone from the ring, or the computation is) stops the
+    /// computation, so no tail runs unrecorded.
     async fn collect(&self, tail: &Tail, hub: &Hub, idle: Duration) {
-        let Some(SubscribeOutcome::Stream(mut subscription)) = tail.entry.subscribe(None, Format::Sse).await else {
-            hub.stop(&tail.entry, "the tail collector could not subscribe").await;
-            return;
-        };
+        let mut events = EventsToEnd::new(&tail.entry);
         loop {
             let deadline = *tail.read_at.lock() + idle;
             tokio::select! {
-                event = subscription.next_event() => {
-                    let Some(event) = event else { return };
-                    if let EventKind::Upstream(upstream) = &event.kind {
-                        if matches!(upstream, UpstreamEvent::Ended(_)) {
+                event = events.next() => {
+                    let event = match event {
+                        Ok(event) => event,
+                        Err(e) => {
+                            let reason = format!("the tail collector stopped reading: {e}");
+                            hub.stop(&tail.entry, &reason).await;
                             return;
                         }
-                        tail.record(upstream);
+                    };
+                    match &event.kind {
+                        EventKind::Upstream(UpstreamEvent::Ended(_)) => return,
+                        EventKind::Upstream(upstream) => tail.record(upstream),
+                        EventKind::Notice(Notice::ReplayIncomplete) => {
+                            hub.stop(&tail.entry, "the tail collector lost events").await;
+                            return;
+                        }
+                        _ => {}
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()) => {

@@ -96,7 +96,7 @@ pub async fn bounded(
         state.cache.count_bypass();
         let (entry, result) = run_uncached(state, tenant, raw).await?;
         let execute = entry.spec.to_execute(entry.created_at_ms);
-        let info = Arc::new(job_info(&entry, result.messages.clone()));
+        let info = Arc::new(JobInfo::of(&entry, result.messages.clone()));
         return Ok(Bounded {
             id: entry.id.clone(),
             program: entry.spec.program.clone(),
@@ -377,18 +377,6 @@ async fn run_uncached(
 async fn timed_out(state: &AppState, entry: &Entry) -> ApiError {
     state.hub.stop(entry, "the whole-result wait timed out").await;
     ApiError::new(StatusCode::GATEWAY_TIMEOUT, "timeout", "Timed out", "the query did not end in time")
-}
-
-fn job_info(entry: &Entry, messages: Vec<Value>) -> JobInfo {
-    let state = entry.control.state();
-    JobInfo {
-        id: entry.id.clone(),
-        resolution_ms: state.resolution_ms,
-        max_delay_ms: state.max_delay_ms,
-        lag_ms: state.lag_ms,
-        limited_result_set: state.limited_result_set,
-        messages,
-    }
 }
 
 fn too_large(error: CollectError) -> ApiError {
