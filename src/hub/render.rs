@@ -383,7 +383,6 @@ pub fn render(event: &UpstreamEvent, now_ms: i64, buf: &mut Vec<u8>) -> &'static
     name
 }
 
-/// The last event: `control-message` END_OF_CHANNEL / CHANNEL_ABORT, or `error`.
 /// The event name of a computation's last event.
 fn terminal_name(terminal: &Terminal) -> &'static str {
     match terminal {
@@ -392,34 +391,36 @@ fn terminal_name(terminal: &Terminal) -> &'static str {
     }
 }
 
+/// The last event: `control-message` END_OF_CHANNEL / CHANNEL_ABORT, or `error`.
 pub fn terminal_json(terminal: &Terminal, now_ms: i64) -> (&'static str, Value) {
-    match terminal {
-        Terminal::EndOfChannel => ("control-message", json!({ "event": "END_OF_CHANNEL", "timestampMs": now_ms })),
-        Terminal::Aborted { state, reason } => (
-            "control-message",
-            json!({
-                "event": "CHANNEL_ABORT", "timestampMs": now_ms,
-                "abortInfo": { "sf_job_abortState": state, "sf_job_abortReason": reason },
-            }),
+    let body = match terminal {
+        Terminal::EndOfChannel => json!({ "event": "END_OF_CHANNEL", "timestampMs": now_ms }),
+        Terminal::Aborted { state, reason } => json!({
+            "event": "CHANNEL_ABORT", "timestampMs": now_ms,
+            "abortInfo": { "sf_job_abortState": state, "sf_job_abortReason": reason },
+        }),
+        Terminal::Error(e) => error_json(
+            json!(e.code),
+            json!(e.error_type),
+            e.message.as_deref(),
+            Some(json!({ "line": e.line, "column": e.column })),
         ),
-        Terminal::Error(e) => {
-            let context = json!({ "line": e.line, "column": e.column });
-            (
-                "error",
-                json!({
-                    "error": e.code, "errorType": e.error_type, "message": e.message, "context": context,
-                    "errors": [{ "code": e.error_type, "message": e.message, "context": context }],
-                }),
-            )
-        }
-        Terminal::Failed(reason) => (
-            "error",
-            json!({
-                "error": 500, "errorType": "GATEWAY_ERROR", "message": reason,
-                "errors": [{ "code": "GATEWAY_ERROR", "message": reason }],
-            }),
-        ),
+        Terminal::Failed(reason) => error_json(json!(500), json!("GATEWAY_ERROR"), Some(reason), None),
+    };
+    (terminal_name(terminal), body)
+}
+
+/// An `error` payload in the shape every SignalFlow client reads (protocol doc §3.8): `error`,
+/// `errorType`, `message` and `context`, and the same again in `errors`.
+pub fn error_json(code: Value, error_type: Value, message: Option<&str>, context: Option<Value>) -> Value {
+    let mut first = json!({ "code": error_type, "message": message });
+    let mut body = json!({ "error": code, "errorType": error_type, "message": message });
+    if let Some(context) = context {
+        first["context"] = context.clone();
+        body["context"] = context;
     }
+    body["errors"] = json!([first]);
+    body
 }
 
 #[cfg(test)]

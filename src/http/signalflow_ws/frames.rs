@@ -98,10 +98,7 @@ impl Framer {
     /// An `error` on this channel (the shape every client reads, §3.8: both `error` and
     /// `errors`).
     pub fn error(&self, code: u16, error_type: &str, message: &str, context: Value) -> WsFrame {
-        let body = json!({
-            "error": code, "errorType": error_type, "message": message, "context": context,
-            "errors": [{ "code": error_type, "message": message, "context": context }],
-        });
+        let body = crate::hub::render::error_json(json!(code), json!(error_type), Some(message), Some(context));
         self.frame("error", body.to_string().as_bytes())
     }
 
