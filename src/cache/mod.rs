@@ -5,7 +5,6 @@
 //! - [`chunk`]: one job's output as recorded (data rows in stream order, metadata, events),
 //!   its split into chunks, and the stitching of chunks back into one result.
 //! - [`store`]: the chunks by key, bounded in bytes, least recently used evicted first.
-//! - [`coalesce`]: identical requests in flight share one upstream job.
 //! - [`streams`]: the events of one-shot streams whose range is settled, replayed
 //!   identically.
 //! - [`tail`]: standing tail computations, which serve the unsettled end of a range (past the
@@ -18,7 +17,6 @@
 //! Keys hold the tenant, so tenants never share an entry.
 
 pub mod chunk;
-pub mod coalesce;
 pub mod store;
 pub mod streams;
 pub mod tail;
@@ -29,8 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use crate::hub::coalesce::Coalescer;
 pub use chunk::{Chunk, JobInfo, JobOutput, Segment};
-pub use coalesce::Coalescer;
 pub use store::Store;
 pub use streams::{Recorded, StreamKey, StreamStats, StreamStore};
 pub use tail::{Tail, TailStart, TailStats, Tails};

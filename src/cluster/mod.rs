@@ -23,6 +23,7 @@ pub mod wire;
 
 pub use settings::ClusterSettings;
 
+use crate::hub::coalesce::Coalescer;
 use crate::hub::{ComputationSpec, Entry, Hub, HubError, Tenant};
 use keys::Keys;
 use parking_lot::Mutex;
@@ -102,14 +103,11 @@ pub(crate) struct Inner {
     locals: Mutex<HashMap<String, Local>>,
     led: Mutex<std::collections::HashSet<String>>,
     /// Local creates of one id under way: identical concurrent creates wait for one outcome.
-    creating: Mutex<HashMap<String, Arc<InFlight>>>,
+    creating: Coalescer<String, Result<(Arc<Entry>, bool), ClusterError>>,
     pub stats: ClusterStats,
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
 }
-
-/// One create under way: its computation and whether it started it.
-type InFlight = tokio::sync::OnceCell<Result<(Arc<Entry>, bool), ClusterError>>;
 
 /// The cluster handle; cheap to clone.
 #[derive(Clone)]
@@ -149,7 +147,7 @@ impl Cluster {
             up: AtomicBool::new(false),
             locals: Mutex::new(HashMap::new()),
             led: Mutex::new(std::collections::HashSet::new()),
-            creating: Mutex::new(HashMap::new()),
+            creating: Coalescer::default(),
             stats: ClusterStats::default(),
             tracker: TaskTracker::new(),
             shutdown,
@@ -198,23 +196,15 @@ impl Cluster {
             entry.shared_by.fetch_add(1, Ordering::Relaxed);
             return Ok(Created { entry, new: false });
         }
-        let cell = self.inner.creating.lock().entry(id.clone()).or_default().clone();
-        let mut first = false;
-        let outcome = cell
-            .get_or_init(|| {
-                first = true;
+        let (outcome, first) = self
+            .inner
+            .creating
+            .run(id.clone(), || {
                 let this = self.clone();
                 let (spec, tenant, id) = (spec.clone(), tenant.clone(), id.clone());
                 async move { this.claim(spec, &tenant, id, now).await }
             })
-            .await
-            .clone();
-        {
-            let mut creating = self.inner.creating.lock();
-            if creating.get(&id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-                creating.remove(&id);
-            }
-        }
+            .await;
         match outcome {
             Ok((entry, new)) => {
                 if !(first && new) {

@@ -7,7 +7,9 @@
 //! - [`render`]: gateway events rendered once to JSON, SSE and NDJSON bytes.
 //! - [`tenant`]: who is asking, and the upstream pool per pass-through token.
 //! - [`result`]: whole results of bounded computations, collected until they end.
+//! - [`coalesce`]: identical work in flight shares one outcome (creates, the cache's jobs).
 
+pub mod coalesce;
 pub mod computation;
 pub mod render;
 pub mod result;
@@ -87,9 +89,6 @@ impl From<TooManyTenants> for HubError {
     }
 }
 
-/// One create under way; identical creates wait for its outcome.
-type InFlight = tokio::sync::OnceCell<Result<Arc<Entry>, HubError>>;
-
 /// Releases a create's place against `max_computations` when dropped.
 struct Reservation<'a>(&'a AtomicUsize);
 
@@ -123,7 +122,7 @@ pub struct HubInner {
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     by_key: Mutex<HashMap<SpecKey, String>>,
     /// Creates under way, by sharing key: identical concurrent creates share one outcome.
-    creating: Mutex<HashMap<SpecKey, Arc<InFlight>>>,
+    creating: coalesce::Coalescer<SpecKey, Result<(Arc<Entry>, bool), HubError>>,
     /// Creates counted against `max_computations` whose entry is not registered yet.
     starting: AtomicUsize,
     pub total_subscribers: AtomicUsize,
@@ -162,7 +161,7 @@ impl Hub {
                 settings,
                 entries: Mutex::new(HashMap::new()),
                 by_key: Mutex::new(HashMap::new()),
-                creating: Mutex::new(HashMap::new()),
+                creating: coalesce::Coalescer::default(),
                 starting: AtomicUsize::new(0),
                 total_subscribers: AtomicUsize::new(0),
                 tracker: TaskTracker::new(),
@@ -232,29 +231,22 @@ impl Hub {
             let entry = self.start(spec, key, tenant, now, false).await?;
             return Ok(Created { entry, new: true });
         }
-        let in_flight = {
-            let mut creating = self.inner.creating.lock();
-            if let Some(entry) = self.shareable(&key) {
-                return Ok(self.joined(entry));
-            }
-            creating.entry(key.clone()).or_default().clone()
-        };
-        let mut started_here = false;
-        let outcome = in_flight
-            .get_or_init(|| {
-                started_here = true;
-                self.start(spec, key.clone(), tenant, now, true)
-            })
-            .await
-            .clone();
-        {
-            let mut creating = self.inner.creating.lock();
-            if creating.get(&key).is_some_and(|c| Arc::ptr_eq(c, &in_flight)) {
-                creating.remove(&key);
-            }
+        if let Some(entry) = self.shareable(&key) {
+            return Ok(self.joined(entry));
         }
-        let entry = outcome?;
-        Ok(if started_here { Created { entry, new: true } } else { self.joined(entry) })
+        let (outcome, started_here) = self
+            .inner
+            .creating
+            .run(key.clone(), || async {
+                // One that finished between the check above and this call is joined.
+                match self.shareable(&key) {
+                    Some(entry) => Ok((entry, false)),
+                    None => self.start(spec, key.clone(), tenant, now, true).await.map(|entry| (entry, true)),
+                }
+            })
+            .await;
+        let (entry, new) = outcome?;
+        Ok(if started_here && new { Created { entry, new: true } } else { self.joined(entry) })
     }
 
     fn joined(&self, entry: Arc<Entry>) -> Created {

@@ -1,6 +1,6 @@
-//! Identical requests in flight share one outcome: the first runs the work, the others wait
-//! for it (should the first be cancelled, the next takes over). The same idea as the hub's
-//! coalesced creates; nothing is locked across an await.
+//! Identical work in flight shares one outcome: the first caller runs the work, the others
+//! wait for it (should the first be cancelled, the next takes over). Used for the hub's and
+//! the cluster's creates and the results cache's jobs; nothing is locked across an await.
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
