@@ -151,6 +151,7 @@ impl Application {
             signal.cancel();
         });
         let drained = stopping.clone();
+        let serve_stopping = stopping.clone();
         let cancel_on_exit = cancel.clone();
         let drain_hub = hub.clone();
         let limit = settings.drain_timeout;
@@ -168,7 +169,9 @@ impl Application {
                     crate::tls::serve(listener, tls, router, graceful, limit).await
                 }
                 None => {
-                    http::serve::serve(listener, router, settings.connections, connection_stats, graceful, limit).await
+                    let connections = settings.connections;
+                    http::serve::serve(listener, router, connections, connection_stats, serve_stopping, graceful, limit)
+                        .await
                 }
             }
         };

@@ -355,7 +355,7 @@ struct ConnectionCollector {
 impl Collector for ConnectionCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let s = self.stats.stats();
-        counter(&mut encoder, "sfgw_lean_streams", "Event streams written by the lean path", s.lean_streams)?;
+        counter(&mut encoder, "sfgw_lean_streams", "Event-stream requests answered by the lean path", s.lean_streams)?;
         gauge(&mut encoder, "sfgw_lean_streams_open", "Lean event streams open now", s.lean_streams_open as i64)?;
         counter(
             &mut encoder,

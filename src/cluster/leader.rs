@@ -165,7 +165,7 @@ impl Leader {
         let mut resume = resume;
         if resume.is_some() {
             let reason = "the replica running the job was lost; another one re-executes it".to_owned();
-            self.emit(UpstreamEvent::Disconnected { reason });
+            self.emit(UpstreamEvent::Disconnected { reason }).await;
         }
         let ended = self.lead(&mut events, &control, &mut resume).await;
         if !ended {
@@ -212,20 +212,25 @@ impl Leader {
                         match &event {
                             UpstreamEvent::Data(batch) if batch.logical_timestamp_ms <= r.last_ms => continue,
                             UpstreamEvent::Data(batch) => {
-                                let gap_ms = (batch.logical_timestamp_ms - r.last_ms
-                                    - control.state().resolution_ms.unwrap_or(0))
-                                .max(0);
-                                let gap_ms = if r.last_ms == i64::MIN { 0 } else { gap_ms };
+                                // No data was published before the takeover: no gap to report.
+                                let gap_ms = match r.last_ms {
+                                    i64::MIN => 0,
+                                    last => batch
+                                        .logical_timestamp_ms
+                                        .saturating_sub(last)
+                                        .saturating_sub(control.state().resolution_ms.unwrap_or(0))
+                                        .max(0),
+                                };
                                 let outage_ms = r.last_at_ms.map_or(0, |at| (crate::clock::now_ms() - at).max(0));
                                 *resume = None;
-                                self.emit(UpstreamEvent::Resumed { gap_ms, outage_ms });
+                                self.emit(UpstreamEvent::Resumed { gap_ms, outage_ms }).await;
                             }
                             UpstreamEvent::Metadata(m) if r.known.contains(&m.tsid.to_string()) => continue,
                             _ => {}
                         }
                     }
                     let terminal = matches!(event, UpstreamEvent::Ended(_));
-                    self.emit(event);
+                    self.emit(event).await;
                     if terminal {
                         let _ = self.publish.send(Publish::Finish).await;
                         return true;
@@ -294,7 +299,7 @@ impl Leader {
     }
 
     /// Renders an event once; gives it to this replica's relay and queues it for Redis.
-    fn emit(&mut self, event: UpstreamEvent) {
+    async fn emit(&mut self, event: UpstreamEvent) {
         let name = render::render(&event, crate::clock::now_ms(), &mut self.buf);
         self.seq += 1;
         let id = self.epoch * EPOCH_FACTOR + self.seq;
@@ -312,14 +317,18 @@ impl Leader {
         let (kind, arg) = wire::tag_fields(&tag);
         let item =
             Publish::Event { entry_id: format!("{}-{}", self.epoch, self.seq), name, json: json.clone(), kind, arg };
-        if self.publish.try_send(item).is_err() {
-            // Redis is slow or away: the other replicas will report the gap by its ids.
-            self.inner.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
-        }
+        let end = matches!(tag, RelayTag::End(_));
+        // This replica's subscribers first: they never wait on Redis.
         if let Some(local) = relay::local_input(&self.inner, &self.id) {
             let relayed = RelayedEvent { id, name, json, tag, leader: Some(self.inner.node.clone()) };
             // A full relay queue: the reader brings the event from Redis instead.
             let _ = local.try_send(RelayInput::Event(relayed));
+        }
+        // The end waits for room (the leader stops right after it); any other event is dropped
+        // while Redis is slow or away, and the other replicas report the gap by its ids.
+        let queued = if end { self.publish.send(item).await.is_ok() } else { self.publish.try_send(item).is_ok() };
+        if !queued {
+            self.inner.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -363,19 +372,22 @@ impl Publisher {
                         call.arg("a").arg(arg).arg("o").arg(&*self.inner.node);
                         call.invoke_async::<i64>(&mut conn).await
                     }
-                    Publish::Finish => scripts::FINISH
-                        .key(self.keys.record())
-                        .key(self.keys.lease())
-                        .key(self.keys.index())
-                        .key(self.keys.events())
-                        .key(self.keys.metadata())
-                        .key(self.keys.presence())
-                        .arg(lease_value(&self.inner.node, self.epoch))
-                        .arg(retention.max(1000))
-                        .arg(&self.id)
-                        .invoke_async::<i64>(&mut conn)
-                        .await
-                        .map(|_| 1),
+                    Publish::Finish => {
+                        scripts::FINISH
+                            .key(self.keys.record())
+                            .key(self.keys.lease())
+                            .key(self.keys.index())
+                            .key(self.keys.events())
+                            .key(self.keys.metadata())
+                            .key(self.keys.presence())
+                            .key(self.keys.epoch())
+                            .arg(lease_value(&self.inner.node, self.epoch))
+                            .arg(retention.max(1000))
+                            .arg(&self.id)
+                            .arg(self.epoch)
+                            .invoke_async::<i64>(&mut conn)
+                            .await
+                    }
                 };
                 match outcome {
                     Ok(1) => {
@@ -390,12 +402,13 @@ impl Publisher {
                     }
                     Err(e) => {
                         self.inner.redis_failed(&e);
-                        if !(e.is_io_error()
+                        let transient = e.is_io_error()
                             || e.is_timeout()
                             || e.is_connection_dropped()
-                            || e.is_connection_refusal())
-                        {
-                            // Not Redis being away (e.g. an id Redis refuses): skip this one.
+                            || e.is_connection_refusal()
+                            || !matches!(e.retry_method(), redis::RetryMethod::NoRetry);
+                        if !transient {
+                            // Not Redis being away or loading (e.g. an id Redis refuses): skip it.
                             self.inner.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
                             break;
                         }

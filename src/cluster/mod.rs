@@ -260,7 +260,14 @@ impl Cluster {
                 return Err(e);
             }
         };
-        let entry = self.attach_record(&id, tenant, spec, created_at).await?;
+        let entry = match self.attach_record(&id, tenant, spec, created_at).await {
+            Ok(entry) => entry,
+            Err(e) => {
+                // The job (dropped here) stops; the lease is not left to expire.
+                leader::release(&self.inner, &keys, &id, epoch, created == 1).await;
+                return Err(e);
+            }
+        };
         leader::spawn(&self.inner, id, keys, tenant.clone(), epoch, job);
         Ok((entry, created == 1))
     }

@@ -57,15 +57,28 @@ pub(super) fn attach(
     let cancel = inner.shutdown.child_token();
     let keys = Keys::new(&tenant.id, id);
     inner.tracker.spawn(read(inner.clone(), keys, input.clone(), cancel.clone()));
-    inner.tracker.spawn(requests(Arc::downgrade(inner), entry.clone(), remote));
+    inner.tracker.spawn(requests(Arc::downgrade(inner), entry.clone(), remote, cancel.clone()));
     locals.insert(id.to_owned(), Local { entry: entry.clone(), tenant: tenant.clone(), input, cancel });
     Ok(entry)
 }
 
 /// The relay's control: a client's stop goes to the cluster; a local idle stop or a shutdown
-/// only ends this replica's relay.
-async fn requests(inner: std::sync::Weak<Inner>, entry: Arc<Entry>, mut remote: RemoteComputation) {
-    while let Some(request) = remote.request().await {
+/// only ends this replica's relay. Ends with the relay (`cancel`: detached, replaced, pruned
+/// after its end, or shutdown), since the entry it holds keeps `remote` open.
+async fn requests(
+    inner: std::sync::Weak<Inner>,
+    entry: Arc<Entry>,
+    mut remote: RemoteComputation,
+    cancel: CancellationToken,
+) {
+    loop {
+        let request = tokio::select! {
+            _ = cancel.cancelled() => return,
+            request = remote.request() => match request {
+                Some(request) => request,
+                None => return,
+            },
+        };
         let Some(inner) = inner.upgrade() else { return };
         match request {
             RemoteRequest::Stop(reason) if entry.stop_requested.load(Ordering::Relaxed) => {
@@ -226,7 +239,12 @@ pub(super) async fn refresh_presence(inner: &Inner, conn: &mut redis::aio::Conne
         let mut locals = inner.locals.lock();
         // Ended relays the hub no longer holds (their retention is over, or they were discarded).
         locals.retain(|id, l| {
-            !l.entry.is_ended() || inner.hub.get(id, &l.entry.tenant).is_some_and(|e| Arc::ptr_eq(&e, &l.entry))
+            let keep =
+                !l.entry.is_ended() || inner.hub.get(id, &l.entry.tenant).is_some_and(|e| Arc::ptr_eq(&e, &l.entry));
+            if !keep {
+                l.cancel.cancel();
+            }
+            keep
         });
         for (id, local) in locals.iter() {
             let keys = Keys::new(&local.tenant.id, id);

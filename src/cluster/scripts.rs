@@ -64,6 +64,8 @@ if not epoch then
 elseif epoch ~= ARGV[1] then
   return 0
 end
+-- The entry first: should Redis refuse it, nothing else has been written.
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[2], unpack(ARGV, 7))
 local tag = ARGV[4]
 if tag == 'meta' then
   redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])
@@ -74,7 +76,6 @@ elseif tag == 'data' then
 elseif tag == 'job' then
   redis.call('HSET', KEYS[4], 'handle', ARGV[5])
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[2], unpack(ARGV, 7))
 return 1
 "#,
     )
@@ -114,10 +115,14 @@ return {1, redis.call('HGET', KEYS[3], 'stop'), redis.call('ZCARD', KEYS[4])}
 });
 
 /// After the last event: marks the end, releases the lease, keeps the keys for the retention.
-/// KEYS: record, lease, index, events, metadata, presence. ARGV: lease value, retention ms, id.
+/// Fenced like a publish: refused (0) when a newer epoch leads.
+/// KEYS: record, lease, index, events, metadata, presence, epoch.
+/// ARGV: lease value, retention ms, id, epoch.
 pub static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+local epoch = redis.call('GET', KEYS[7])
+if epoch and epoch ~= ARGV[4] then return 0 end
 redis.call('HSET', KEYS[1], 'ended', '1')
 if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
 redis.call('ZREM', KEYS[3], ARGV[3])

@@ -8,12 +8,17 @@
 //! here, without per-connection buffers: the head once, then each body chunk with its chunked
 //! framing in one vectored write. An idle subscriber then costs its task, its queue and its
 //! response body, not hyper's 8 KiB read and 8 KiB write buffers (BENCHMARKS.md, "Where one
-//! idle subscriber's memory goes"). After the response the connection is handed to hyper, with
-//! whatever the client sent meanwhile, for its next request (keep-alive). Anything else — other
-//! requests, h2c, bad or huge heads — goes to hyper from the first byte, bytes already read
-//! included.
+//! idle subscriber's memory goes"). On a kept-alive connection the next request is read here
+//! too, so a reconnecting `EventSource` stays on this path; the first request that is not an
+//! event stream — and everything after it on that connection — goes to hyper, with the bytes
+//! already read. Other requests, h2c, bad or huge heads go to hyper from the first byte.
 //!
-//! Bounds: a request head is at most [`MAX_HEAD`] bytes on this path (longer ones go to hyper);
+//! Shutdown: once it begins, no connection is accepted, a lean connection takes no further
+//! request (one waiting for its first closes), and a response written meanwhile says
+//! `connection: close`.
+//!
+//! Bounds: a request head is at most [`MAX_HEAD`] bytes on this path (longer ones go to hyper)
+//! and must arrive within `head_timeout` once begun (hyper's connections have the same);
 //! bytes a client sends while its stream runs are kept up to [`MAX_PIPELINED`] (more closes the
 //! connection); a chunk whose write makes no progress for `stall_timeout` closes the
 //! connection, so a stuck client holds at most its queue and its kernel send buffer.
@@ -25,7 +30,7 @@ use axum::http::{HeaderValue, Method, Request, Response, StatusCode, Version, he
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
@@ -59,17 +64,26 @@ pub struct ConnectionSettings {
     /// stopped reading).
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
+    /// Longest a client may take to send a request head once it has begun one, on the lean
+    /// path and on hyper's (whose own default is off without a timer); then it is closed.
+    #[serde(with = "humantime_serde")]
+    pub head_timeout: Duration,
 }
 
 impl Default for ConnectionSettings {
     fn default() -> Self {
-        ConnectionSettings { lean_streams: true, stall_timeout: Duration::from_secs(30) }
+        ConnectionSettings {
+            lean_streams: true,
+            stall_timeout: Duration::from_secs(30),
+            head_timeout: Duration::from_secs(30),
+        }
     }
 }
 
 impl ConnectionSettings {
     pub fn check(&self, problems: &mut crate::settings::Problems) {
         problems.check(!self.stall_timeout.is_zero(), "connections.stall_timeout must be more than zero");
+        problems.check(!self.head_timeout.is_zero(), "connections.head_timeout must be more than zero");
     }
 }
 
@@ -107,7 +121,11 @@ impl ConnectionStats {
 pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     loop {
         match listener.accept().await {
-            Ok(pair) => return pair,
+            Ok((tcp, remote)) => {
+                // Events are written as they come; Nagle would hold a small one for an ACK.
+                let _ = tcp.set_nodelay(true);
+                return (tcp, remote);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -116,24 +134,23 @@ pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     }
 }
 
-/// Serves `listener` until `shutdown` resolves, then lets open connections finish for at most
-/// `drain`. Each request carries `ConnectInfo<SocketAddr>`, as with `axum::serve`.
+/// Serves `listener` until `stopping` is cancelled: then it stops accepting, lean connections
+/// take no further request (and those waiting for one close), `drained` runs (the hub ends
+/// every stream), and open connections get at most `drain` to finish. Each request carries
+/// `ConnectInfo<SocketAddr>`, as with `axum::serve`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     settings: ConnectionSettings,
     stats: Arc<ConnectionStats>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    stopping: CancellationToken,
+    drained: impl Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    // Ends lean connections that are still waiting for their first request (hyper closes its
-    // idle ones on the graceful signal).
-    let stopping = CancellationToken::new();
-    tokio::pin!(shutdown);
     loop {
         let (tcp, remote) = tokio::select! {
-            _ = &mut shutdown => break,
+            _ = stopping.cancelled() => break,
             accepted = accept(&listener) => accepted,
         };
         tracing::trace!(%remote, "connection accepted");
@@ -154,13 +171,13 @@ pub async fn serve(
             };
             // Boxed: hyper's connection state is then allocated only for connections it serves,
             // not reserved in every lean stream's task.
-            Box::pin(with_hyper(tcp, prefix, remote, router, watcher)).await;
+            Box::pin(with_hyper(tcp, prefix, remote, router, watcher, settings.head_timeout)).await;
         });
     }
     drop(listener);
-    stopping.cancel();
+    drained.await;
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::info!("connections still open after the drain time; closing them");
+        tracing::info!("connections still open after the drain time; they end with the process");
     }
     Ok(())
 }
@@ -172,12 +189,14 @@ async fn with_hyper(
     remote: SocketAddr,
     router: Router,
     watcher: hyper_util::server::graceful::Watcher,
+    head_timeout: Duration,
 ) {
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(remote));
         router.clone().oneshot(request)
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(head_timeout);
     builder.http2().enable_connect_protocol();
     let io = TokioIo::new(Rewind { prefix, inner: tcp });
     let connection = builder.serve_connection_with_upgrades(io, service);
@@ -195,7 +214,9 @@ enum Lean {
     ToHyper(TcpStream, Bytes),
 }
 
-/// Reads the first request head; answers it here if it asks for an event stream.
+/// Reads request heads and answers those that ask for an event stream here, one after the
+/// other on a kept-alive connection (a browser's `EventSource` reconnects on it); the first
+/// other request, and everything after it, is hyper's.
 async fn lean(
     mut tcp: TcpStream,
     remote: SocketAddr,
@@ -204,62 +225,111 @@ async fn lean(
     stopping: &CancellationToken,
     stats: &ConnectionStats,
 ) -> Lean {
-    // Nothing is allocated for a connection until it sends something.
-    tokio::select! {
-        readable = tcp.readable() => if readable.is_err() { return Lean::Done },
-        _ = stopping.cancelled() => return Lean::Done,
-    }
-    let mut buf = BytesMut::with_capacity(1024);
-    let (request, head_len) = loop {
-        match tcp.read_buf(&mut buf).await {
-            Ok(0) if buf.is_empty() => return Lean::Done,
-            Ok(0) => return Lean::ToHyper(tcp, buf.freeze()),
-            Ok(_) => {}
+    let mut carried = BytesMut::new();
+    loop {
+        if carried.is_empty() {
+            // Nothing is allocated for a connection until it sends something.
+            tokio::select! {
+                readable = tcp.readable() => if readable.is_err() { return Lean::Done },
+                _ = stopping.cancelled() => return Lean::Done,
+            }
+            carried.reserve(1024);
+        }
+        let mut buf = carried;
+        let next = tokio::select! {
+            next = tokio::time::timeout(settings.head_timeout, read_head(&mut tcp, &mut buf)) => next,
+            _ = stopping.cancelled() => return Lean::Done,
+        };
+        let (request, head_len) = match next {
+            // A head that never completes holds nothing for long.
             Err(_) => return Lean::Done,
-        }
-        match parse_stream_request(&buf) {
-            Head::Partial if buf.len() < MAX_HEAD => {
-                if buf.capacity() == buf.len() {
-                    buf.reserve(buf.len());
+            Ok(Next::Closed) => return Lean::Done,
+            Ok(Next::Other) => return Lean::ToHyper(tcp, buf.freeze()),
+            Ok(Next::Stream(request, len)) => (*request, len),
+        };
+        // Whatever followed the head (a pipelined request) is the next request's.
+        let mut pending = if buf.len() > head_len { BytesMut::from(&buf[head_len..]) } else { BytesMut::new() };
+        drop(buf);
+        let close = request
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))));
+        let mut request = request;
+        request.extensions_mut().insert(ConnectInfo(remote));
+        // Boxed: the middleware stack's future is large and lives only until the response head;
+        // inline, the task would reserve its size for the stream's whole life.
+        let Ok(response) = Box::pin(router.clone().oneshot(request)).await;
+        stats.lean_streams.fetch_add(1, Ordering::Relaxed);
+        let outcome = {
+            let _open = OpenStream::new(stats);
+            let close = close || stopping.is_cancelled();
+            respond(&mut tcp, response, close, &mut pending, settings).await
+        };
+        let keep = match outcome {
+            Ok(keep) => keep,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    stats.stalled_closes.fetch_add(1, Ordering::Relaxed);
                 }
+                tracing::debug!(%remote, error = %e, "event stream connection ended");
+                false
             }
-            Head::Partial | Head::Other => return Lean::ToHyper(tcp, buf.freeze()),
-            Head::Stream(request, len) => break (*request, len),
+        };
+        if !keep || stopping.is_cancelled() {
+            let _ = tcp.shutdown().await;
+            tracing::trace!(%remote, "connection closed");
+            return Lean::Done;
         }
-    };
-    // Whatever followed the head (a pipelined request) is the next request's.
-    let mut pending = if buf.len() > head_len { BytesMut::from(&buf[head_len..]) } else { BytesMut::new() };
-    drop(buf);
-    let close = request
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))));
-    let mut request = request;
-    request.extensions_mut().insert(ConnectInfo(remote));
-    // Boxed: the middleware stack's future is large and lives only until the response head;
-    // inline, the task would reserve its size for the stream's whole life.
-    let Ok(response) = Box::pin(router.clone().oneshot(request)).await;
-    stats.lean_streams.fetch_add(1, Ordering::Relaxed);
-    stats.lean_streams_open.fetch_add(1, Ordering::Relaxed);
-    let outcome = respond(&mut tcp, response, close, &mut pending, settings).await;
-    stats.lean_streams_open.fetch_sub(1, Ordering::Relaxed);
-    let keep = match outcome {
-        Ok(keep) => keep,
-        Err(e) => {
-            if e.kind() == io::ErrorKind::TimedOut {
-                stats.stalled_closes.fetch_add(1, Ordering::Relaxed);
+        carried = pending;
+    }
+}
+
+/// Counts a lean response as open until it is dropped (also by a panic in the body).
+struct OpenStream<'a>(&'a ConnectionStats);
+
+impl<'a> OpenStream<'a> {
+    fn new(stats: &'a ConnectionStats) -> Self {
+        stats.lean_streams_open.fetch_add(1, Ordering::Relaxed);
+        OpenStream(stats)
+    }
+}
+
+impl Drop for OpenStream<'_> {
+    fn drop(&mut self) {
+        self.0.lean_streams_open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The next request on a connection, as far as the lean path is concerned.
+enum Next {
+    /// The client closed (or the socket failed) before a head began.
+    Closed,
+    /// Not an event-stream request (or not one this path parses): hyper's, from `buf`.
+    Other,
+    Stream(Box<Request<Body>>, usize),
+}
+
+/// Reads until `buf` holds a whole request head (it may already), up to [`MAX_HEAD`] bytes.
+async fn read_head(tcp: &mut TcpStream, buf: &mut BytesMut) -> Next {
+    loop {
+        if !buf.is_empty() {
+            match parse_stream_request(buf) {
+                Head::Partial if buf.len() < MAX_HEAD => {}
+                Head::Partial | Head::Other => return Next::Other,
+                Head::Stream(request, len) => return Next::Stream(request, len),
             }
-            tracing::debug!(%remote, error = %e, "event stream connection ended");
-            false
         }
-    };
-    if keep && !stopping.is_cancelled() {
-        Lean::ToHyper(tcp, pending.freeze())
-    } else {
-        let _ = tcp.shutdown().await;
-        tracing::trace!(%remote, "connection closed");
-        Lean::Done
+        if buf.capacity() == buf.len() {
+            buf.reserve(buf.len().max(1024));
+        }
+        match tcp.read_buf(buf).await {
+            Ok(0) if buf.is_empty() => return Next::Closed,
+            // A head cut short: hyper answers it as it would.
+            Ok(0) => return Next::Other,
+            Ok(_) => {}
+            Err(_) => return Next::Closed,
+        }
     }
 }
 
@@ -289,7 +359,8 @@ fn parse_stream_request(bytes: &[u8]) -> Head {
         let name = h.name;
         if name.eq_ignore_ascii_case("upgrade")
             || name.eq_ignore_ascii_case("transfer-encoding")
-            || (name.eq_ignore_ascii_case("content-length") && h.value.iter().any(|b| *b != b'0'))
+            || (name.eq_ignore_ascii_case("content-length")
+                && (h.value.is_empty() || h.value.iter().any(|b| *b != b'0')))
         {
             return Head::Other;
         }
