@@ -32,19 +32,27 @@ struct Resume {
     known: HashSet<String>,
 }
 
-/// Starts the job: from the start for a new computation; from after the last complete
-/// timestamp for a takeover.
+/// How a leader starts its job.
+pub(super) enum Start {
+    /// A new computation: from its start.
+    New,
+    /// A takeover: after the last complete timestamp published (the record's, or the newest
+    /// this replica relayed, whichever is later: Redis may have lost the record).
+    TakeOver { relayed_last_ms: Option<i64> },
+}
+
+/// Starts the job as `start` says.
 pub(super) async fn start_job(
     inner: &Inner,
     keys: &Keys,
     spec: &ComputationSpec,
     created_at: i64,
     tenant: &Tenant,
-    takeover: bool,
+    start: Start,
 ) -> Result<Job, ClusterError> {
     let mut execute = spec.to_execute(created_at);
     let mut resume = None;
-    if takeover {
+    if let Start::TakeOver { relayed_last_ms } = start {
         let mut conn = inner.conn.clone();
         let (last, at): (Option<i64>, Option<i64>) =
             redis::cmd("HMGET").arg(keys.record()).arg("last").arg("at").query_async(&mut conn).await.map_err(|e| {
@@ -53,6 +61,7 @@ pub(super) async fn start_job(
             })?;
         let known: HashSet<String> =
             redis::cmd("HKEYS").arg(keys.metadata()).query_async(&mut conn).await.unwrap_or_default();
+        let last = last.max(relayed_last_ms);
         if let Some(last_ms) = last {
             execute.start = Some(last_ms + 1);
         }
@@ -425,8 +434,11 @@ impl Publisher {
 }
 
 /// Takes over the computations relayed here with subscribers whose lease has expired.
-pub(super) async fn take_over_orphans(inner: &Arc<Inner>, conn: &mut redis::aio::ConnectionManager) {
-    for (id, tenant, spec, created_at) in relay::with_subscribers(inner) {
+/// Takes over the computations this replica serves whose leader is gone. `may_restore`: a
+/// record Redis lost may be written back (see [`scripts::TAKE_OVER`]).
+pub(super) async fn take_over_orphans(inner: &Arc<Inner>, conn: &mut redis::aio::ConnectionManager, may_restore: bool) {
+    for served in relay::with_subscribers(inner) {
+        let relay::Served { id, tenant, spec, created_at, last_epoch, last_data_ms } = served;
         if inner.led.lock().contains(&id) {
             continue;
         }
@@ -435,8 +447,14 @@ pub(super) async fn take_over_orphans(inner: &Arc<Inner>, conn: &mut redis::aio:
             .key(keys.record())
             .key(keys.lease())
             .key(keys.epoch())
+            .key(keys.index())
             .arg(&*inner.node)
             .arg(inner.lease_ms())
+            .arg(last_epoch)
+            .arg(wire::spec_to_json(&spec))
+            .arg(created_at)
+            .arg(&id)
+            .arg(if may_restore { "1" } else { "0" })
             .invoke_async::<u64>(conn)
             .await
         {
@@ -448,7 +466,8 @@ pub(super) async fn take_over_orphans(inner: &Arc<Inner>, conn: &mut redis::aio:
             }
         };
         tracing::info!(computation = %id, epoch, "taking over a computation whose leader is gone");
-        match start_job(inner, &keys, &spec, created_at, &tenant, true).await {
+        let start = Start::TakeOver { relayed_last_ms: last_data_ms };
+        match start_job(inner, &keys, &spec, created_at, &tenant, start).await {
             Ok(job) => spawn(inner, id, keys, tenant, epoch, job),
             Err(e) => {
                 tracing::warn!(computation = %id, error = %e, "takeover failed; the lease is released");

@@ -253,7 +253,11 @@ impl Cluster {
             return Ok((entry, false));
         }
         let takeover = created == 0;
-        let job = match leader::start_job(&self.inner, &keys, &spec, created_at, tenant, takeover).await {
+        let start = match takeover {
+            true => leader::Start::TakeOver { relayed_last_ms: None },
+            false => leader::Start::New,
+        };
+        let job = match leader::start_job(&self.inner, &keys, &spec, created_at, tenant, start).await {
             Ok(job) => job,
             Err(e) => {
                 leader::release(&self.inner, &keys, &id, epoch, created == 1).await;
@@ -443,6 +447,8 @@ async fn housekeeping(inner: std::sync::Weak<Inner>) {
     };
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Since when Redis has answered every ping, without a break.
+    let mut answering_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -458,10 +464,15 @@ async fn housekeeping(inner: std::sync::Weak<Inner>) {
             }
             Err(e) => {
                 inner.redis_failed(&e);
+                answering_since = None;
                 continue;
             }
         }
+        let since = *answering_since.get_or_insert_with(tokio::time::Instant::now);
         relay::refresh_presence(&inner, &mut conn).await;
-        leader::take_over_orphans(&inner, &mut conn).await;
+        // A record Redis lost is written back only after a whole lease of answers: a leader
+        // that is alive restores its own at its next renewal, well within that.
+        let may_restore = since.elapsed() >= inner.settings.lease;
+        leader::take_over_orphans(&inner, &mut conn, may_restore).await;
     }
 }

@@ -4,7 +4,7 @@
 
 use super::keys::Keys;
 use super::{ClusterError, Inner, Local, wire};
-use crate::hub::{ComputationSpec, Entry, RelayComputation, RelayInput, Tenant};
+use crate::hub::{ComputationSpec, EPOCH_FACTOR, Entry, RelayComputation, RelayInput, Tenant};
 use crate::protocol::metadata::MetadataMessage;
 use crate::upstream::{RemoteComputation, RemoteRequest};
 use redis::AsyncConnectionConfig;
@@ -264,14 +264,33 @@ pub(super) async fn refresh_presence(inner: &Inner, conn: &mut redis::aio::Conne
     }
 }
 
+/// A relay with subscribers here: a candidate for a takeover, with what this replica knows of it.
+pub(super) struct Served {
+    pub id: String,
+    pub tenant: Tenant,
+    pub spec: ComputationSpec,
+    pub created_at: i64,
+    /// The epoch of the last event relayed (0: none).
+    pub last_epoch: u64,
+    /// The newest logical timestamp with data relayed.
+    pub last_data_ms: Option<i64>,
+}
+
 /// The relays with subscribers here: candidates for a takeover.
-pub(super) fn with_subscribers(inner: &Inner) -> Vec<(String, Tenant, ComputationSpec, i64)> {
+pub(super) fn with_subscribers(inner: &Inner) -> Vec<Served> {
     inner
         .locals
         .lock()
         .iter()
         .filter(|(_, l)| !l.entry.is_ended() && l.entry.subscribers.load(Ordering::Relaxed) > 0)
-        .map(|(id, l)| (id.clone(), l.tenant.clone(), l.entry.spec.clone(), l.entry.created_at_ms))
+        .map(|(id, l)| Served {
+            id: id.clone(),
+            tenant: l.tenant.clone(),
+            spec: l.entry.spec.clone(),
+            created_at: l.entry.created_at_ms,
+            last_epoch: l.entry.last_seq.load(Ordering::Relaxed) / EPOCH_FACTOR,
+            last_data_ms: *l.entry.watch_latest().borrow(),
+        })
         .collect()
 }
 

@@ -34,15 +34,28 @@ return {created, epoch, redis.call('HGET', KEYS[1], 'created'), redis.call('HGET
     )
 });
 
-/// Takes a free lease of a live computation (failover).
-/// KEYS: record, lease, epoch. ARGV: node, lease ms.
+/// Takes a free lease of a live computation (failover). A record Redis lost (restarted empty
+/// while no leader held it) is written back from what the replica serving it knows, and the
+/// epoch never falls to or below the one that replica last saw, so its ids keep growing.
+/// KEYS: record, lease, epoch, index. ARGV: node, lease ms, last epoch seen, spec JSON,
+/// created ms, id, whether a lost record may be written back (0/1).
 /// Returns the new epoch, or 0.
 pub static TAKE_OVER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'ended') then return 0 end
+if redis.call('HGET', KEYS[1], 'ended') then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  if ARGV[7] ~= '1' then return 0 end
+  redis.call('HSET', KEYS[1], 'spec', ARGV[4], 'created', ARGV[5])
+  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[6])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 6)
+end
 local epoch = redis.call('INCR', KEYS[3])
+if epoch <= tonumber(ARGV[3]) then
+  epoch = tonumber(ARGV[3]) + 1
+  redis.call('SET', KEYS[3], epoch)
+end
 redis.call('SET', KEYS[2], ARGV[1] .. '|' .. epoch, 'PX', ARGV[2])
 return epoch
 "#,

@@ -278,6 +278,33 @@ async fn sigkill_of_the_leader_hands_the_job_over_within_the_lease_without_dupli
 }
 
 #[tokio::test]
+async fn redis_restarted_empty_after_the_leader_died_a_follower_with_subscribers_takes_over() {
+    let mut fleet = fleet(&[]).await;
+    let (status, view) = create(&fleet.replicas[0], json!({ "program": PROGRAM }), None).await;
+    assert_eq!(status, 201);
+    let id = view["id"].as_str().unwrap().to_owned();
+    let path = format!("/computations/{id}/events");
+    let mut one = RawSse::open(&fleet.replicas[1], &path, None, None).await;
+    let mut before = one.data(2).await;
+    // The leader dies, then Redis loses everything: no record, no lease, no epoch.
+    fleet.replicas[0].kill().await;
+    fleet.redis.kill().await;
+    fleet.redis.restart().await;
+    // The replica with a subscriber writes the record back from what it knows and leads.
+    let to_resume = one.until(|f| gateway_notice(f, "UPSTREAM_RESUMED")).await;
+    assert!(to_resume.iter().any(|f| gateway_notice(f, "UPSTREAM_DISCONNECTED")), "{to_resume:?}");
+    before.extend(to_resume);
+    before.extend(one.data(2).await);
+    let timestamps = data_timestamps(&before);
+    assert!(timestamps.windows(2).all(|w| w[0] < w[1]), "no timestamp twice: {timestamps:?}");
+    let all_ids = ids(&before);
+    assert!(all_ids.windows(2).all(|w| w[0] < w[1]), "ids keep growing: {all_ids:?}");
+    let (_, view) = get(&fleet.replicas[2], &format!("/computations/{id}")).await;
+    assert_eq!(view["leader"], "node-1", "{view}");
+    assert_eq!(fleet.jobs(PROGRAM).await, 1);
+}
+
+#[tokio::test]
 async fn redis_killed_and_restarted_the_cluster_recovers_and_reports_the_gap() {
     // A leader holds at most two events for Redis: a longer outage loses some for the followers.
     let mut fleet = fleet(&[("SFGW_CLUSTER__PUBLISH_QUEUE", "2")]).await;
