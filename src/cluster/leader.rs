@@ -352,12 +352,49 @@ struct Publisher {
     cancel: CancellationToken,
 }
 
+/// The sizes of the entries this leader published, oldest first, to cap the stream in bytes.
+struct HeldBytes {
+    entries: std::collections::VecDeque<(String, usize)>,
+    bytes: usize,
+    max_bytes: usize,
+    max_entries: usize,
+}
+
+impl HeldBytes {
+    fn new(max_bytes: usize, max_entries: usize) -> Self {
+        HeldBytes { entries: std::collections::VecDeque::new(), bytes: 0, max_bytes, max_entries }
+    }
+
+    /// Counts a new entry; when older ones no longer fit, the id below which the stream is to
+    /// be trimmed (the oldest entry kept).
+    fn push(&mut self, entry_id: &str, size: usize) -> Option<String> {
+        self.entries.push_back((entry_id.to_owned(), size));
+        self.bytes += size;
+        let mut dropped = false;
+        while self.entries.len() > 1 && (self.bytes > self.max_bytes || self.entries.len() > self.max_entries) {
+            if let Some((_, size)) = self.entries.pop_front() {
+                self.bytes -= size;
+                dropped = true;
+            }
+        }
+        dropped.then(|| self.entries.front().map(|(id, _)| id.clone())).flatten()
+    }
+}
+
 impl Publisher {
     async fn run(self, mut rx: mpsc::Receiver<Publish>) {
-        let maxlen = self.inner.hub.settings().limits.replay_events.max(1);
+        let limits = &self.inner.hub.settings().limits;
+        let maxlen = limits.replay_events.max(1);
+        let mut held = HeldBytes::new(limits.replay_bytes, maxlen);
         let retention = self.inner.hub.settings().stream.ended_retention.as_millis() as u64;
         while let Some(item) = rx.recv().await {
             let mut backoff = Duration::from_millis(50);
+            // The stream is capped like the replay ring: in entries (MAXLEN) and in bytes (the
+            // oldest entries past the byte bound are trimmed by id).
+            let trim_below = match &item {
+                Publish::Event { entry_id, json, .. } => held.push(entry_id, json.len()),
+                Publish::Finish => None,
+            };
             loop {
                 if self.lost.is_cancelled() {
                     return;
@@ -377,6 +414,7 @@ impl Publisher {
                             "meta" => call.arg(json.as_ref()),
                             _ => call.arg(crate::clock::now_ms()),
                         };
+                        call.arg(trim_below.as_deref().unwrap_or(""));
                         call.arg("n").arg(*name).arg("j").arg(json.as_ref()).arg("k").arg(*kind);
                         call.arg("a").arg(arg).arg("o").arg(&*self.inner.node);
                         call.invoke_async::<i64>(&mut conn).await
@@ -474,5 +512,25 @@ pub(super) async fn take_over_orphans(inner: &Arc<Inner>, conn: &mut redis::aio:
                 release(inner, &keys, &id, epoch, false).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeldBytes;
+
+    #[test]
+    fn the_stream_is_trimmed_below_the_oldest_entry_that_fits_the_byte_bound() {
+        let mut held = HeldBytes::new(100, 1000);
+        assert_eq!(held.push("1-1", 40), None);
+        assert_eq!(held.push("1-2", 40), None);
+        // 120 bytes: the oldest goes, the stream keeps 1-2 onwards.
+        assert_eq!(held.push("1-3", 40), Some("1-2".to_owned()));
+        // One entry larger than the bound is still kept (the newest always is).
+        assert_eq!(held.push("2-1", 500), Some("2-1".to_owned()));
+        let mut by_count = HeldBytes::new(usize::MAX, 2);
+        by_count.push("1-1", 1);
+        by_count.push("1-2", 1);
+        assert_eq!(by_count.push("1-3", 1), Some("1-2".to_owned()));
     }
 }

@@ -67,7 +67,8 @@ return epoch
 /// over since.
 /// KEYS: epoch, events, metadata, record.
 /// ARGV: epoch, entry id, maxlen, tag, tag argument (a data event's: its timestamp), metadata
-/// JSON or time, then field/value pairs.
+/// JSON or time, the id below which entries are trimmed (the byte bound; empty: none), then
+/// field/value pairs.
 pub static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -78,7 +79,8 @@ elseif epoch ~= ARGV[1] then
   return 0
 end
 -- The entry first: should Redis refuse it, nothing else has been written.
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[2], unpack(ARGV, 7))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], ARGV[2], unpack(ARGV, 8))
+if ARGV[7] ~= '' then redis.call('XTRIM', KEYS[2], 'MINID', ARGV[7]) end
 local tag = ARGV[4]
 if tag == 'meta' then
   redis.call('HSET', KEYS[3], ARGV[5], ARGV[6])

@@ -278,6 +278,34 @@ async fn sigkill_of_the_leader_hands_the_job_over_within_the_lease_without_dupli
 }
 
 #[tokio::test]
+async fn the_cluster_stream_is_capped_in_bytes_like_the_replay_ring() {
+    // The metadata alone (two series) is about 1 KiB: without the byte cap the stream holds more.
+    let fleet = fleet(&[("SFGW_LIMITS__REPLAY_BYTES", "1024")]).await;
+    let (status, view) = create(&fleet.replicas[0], json!({ "program": PROGRAM }), None).await;
+    assert_eq!(status, 201);
+    let id = view["id"].as_str().unwrap().to_owned();
+    let mut stream = RawSse::open(&fleet.replicas[1], &format!("/computations/{id}/events"), None, None).await;
+    stream.data(6).await;
+    let events_key = redis_keys(&fleet.redis).await.into_iter().find(|k| k.ends_with(":events")).expect("a stream");
+    let client = redis::Client::open(fleet.redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let entries: redis::streams::StreamRangeReply =
+        redis::cmd("XRANGE").arg(&events_key).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+    let sizes: Vec<usize> = entries
+        .ids
+        .iter()
+        .map(|e| match e.map.get("j") {
+            Some(redis::Value::BulkString(b)) => b.len(),
+            _ => 0,
+        })
+        .collect();
+    let total: usize = sizes.iter().sum();
+    let newest = sizes.last().copied().unwrap_or(0);
+    assert!(total <= 1024 + newest, "the stream holds {total} bytes of events: {sizes:?}");
+    assert!(sizes.len() >= 2, "{sizes:?}");
+}
+
+#[tokio::test]
 async fn redis_restarted_empty_after_the_leader_died_a_follower_with_subscribers_takes_over() {
     let mut fleet = fleet(&[]).await;
     let (status, view) = create(&fleet.replicas[0], json!({ "program": PROGRAM }), None).await;
