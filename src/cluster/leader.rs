@@ -171,12 +171,25 @@ impl Leader {
             };
             self.inner.tracker.spawn(publisher.run(rx));
         }
+        let renewing = self.cancel.child_token();
+        let (answers_tx, mut answers) = mpsc::channel(1);
+        let renewer = Renewer {
+            inner: self.inner.clone(),
+            id: self.id.clone(),
+            keys: self.keys.clone(),
+            epoch: self.epoch,
+            spec_json: self.spec_json.clone(),
+            created_at: self.created_at,
+            lost: self.lost.clone(),
+        };
+        self.inner.tracker.spawn(renewer.run(answers_tx, renewing.clone()));
         let mut resume = resume;
         if resume.is_some() {
             let reason = "the replica running the job was lost; another one re-executes it".to_owned();
             self.emit(UpstreamEvent::Disconnected { reason }).await;
         }
-        let ended = self.lead(&mut events, &control, &mut resume).await;
+        let ended = self.lead(&mut events, &control, &mut resume, &mut answers).await;
+        renewing.cancel();
         if !ended {
             // Shutdown or a lost lease: the job stops here without an end for the fleet.
             let reason = "the gateway replica leading it is stopping";
@@ -194,10 +207,9 @@ impl Leader {
         events: &mut EventReceiver,
         control: &ComputationControl,
         resume: &mut Option<Resume>,
+        answers: &mut mpsc::Receiver<RenewAnswer>,
     ) -> bool {
         let settings = self.inner.hub.settings().stream.clone();
-        let mut tick = tokio::time::interval(self.inner.settings.tick());
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut empty_since = Instant::now();
         let mut had_presence = false;
         let mut stop_sent = false;
@@ -245,8 +257,7 @@ impl Leader {
                         return true;
                     }
                 }
-                _ = tick.tick() => {
-                    let Some((stop, presence)) = self.tick().await else { continue };
+                Some((stop, presence)) = answers.recv() => {
                     if let Some(reason) = stop.filter(|_| !stop_sent) {
                         stop_sent = true;
                         tracing::info!(computation = %self.id, %reason, "stopping computation (cluster request)");
@@ -269,40 +280,6 @@ impl Leader {
                         }
                     }
                 }
-            }
-        }
-    }
-
-    /// Renews the lease and reads the stop request and presence; `None` when Redis did not
-    /// answer (the job goes on for this replica's subscribers).
-    async fn tick(&self) -> Option<(Option<String>, i64)> {
-        let mut conn = self.inner.conn.clone();
-        let answer = scripts::TICK
-            .key(self.keys.lease())
-            .key(self.keys.epoch())
-            .key(self.keys.record())
-            .key(self.keys.presence())
-            .key(self.keys.index())
-            .key(self.keys.events())
-            .key(self.keys.metadata())
-            .arg(lease_value(&self.inner.node, self.epoch))
-            .arg(self.inner.lease_ms())
-            .arg(self.epoch)
-            .arg(crate::clock::now_ms())
-            .arg(&self.spec_json)
-            .arg(self.created_at)
-            .arg(&self.id)
-            .invoke_async::<(i64, Option<String>, i64)>(&mut conn)
-            .await;
-        match answer {
-            Ok((1, stop, presence)) => Some((stop, presence)),
-            Ok(_) => {
-                self.lost.cancel();
-                None
-            }
-            Err(e) => {
-                self.inner.redis_failed(&e);
-                None
             }
         }
     }
@@ -338,6 +315,73 @@ impl Leader {
         let queued = if end { self.publish.send(item).await.is_ok() } else { self.publish.try_send(item).is_ok() };
         if !queued {
             self.inner.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Renews a leader's lease on its own timer, so that neither a slow Redis nor a busy event
+/// stream holds up the other; each answer (the stop request and how many replicas have
+/// subscribers) goes to the leader's loop.
+struct Renewer {
+    inner: Arc<Inner>,
+    id: String,
+    keys: Keys,
+    epoch: u64,
+    spec_json: String,
+    created_at: i64,
+    lost: CancellationToken,
+}
+
+type RenewAnswer = (Option<String>, i64);
+
+impl Renewer {
+    async fn run(self, answers: mpsc::Sender<RenewAnswer>, done: CancellationToken) {
+        let mut tick = tokio::time::interval(self.inner.settings.tick());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = done.cancelled() => return,
+                _ = self.lost.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if let Some(answer) = self.tick().await {
+                // One answer waits at most; the leader acts on the newest it reads.
+                let _ = answers.try_send(answer);
+            }
+        }
+    }
+
+    /// Renews the lease and reads the stop request and presence; `None` when Redis did not
+    /// answer (the job goes on for this replica's subscribers).
+    async fn tick(&self) -> Option<(Option<String>, i64)> {
+        let mut conn = self.inner.conn.clone();
+        let answer = scripts::TICK
+            .key(self.keys.lease())
+            .key(self.keys.epoch())
+            .key(self.keys.record())
+            .key(self.keys.presence())
+            .key(self.keys.index())
+            .key(self.keys.events())
+            .key(self.keys.metadata())
+            .arg(lease_value(&self.inner.node, self.epoch))
+            .arg(self.inner.lease_ms())
+            .arg(self.epoch)
+            .arg(crate::clock::now_ms())
+            .arg(&self.spec_json)
+            .arg(self.created_at)
+            .arg(&self.id)
+            .invoke_async::<(i64, Option<String>, i64)>(&mut conn)
+            .await;
+        match answer {
+            Ok((1, stop, presence)) => Some((stop, presence)),
+            Ok(_) => {
+                self.lost.cancel();
+                None
+            }
+            Err(e) => {
+                self.inner.redis_failed(&e);
+                None
+            }
         }
     }
 }
