@@ -18,7 +18,7 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -51,6 +51,12 @@ impl Metrics {
         registry.register_collector(Box::new(GatewayCollector { hub }));
         registry.register_collector(Box::new(CacheCollector(Box::new(cache_stats))));
         Self { registry, http_requests }
+    }
+
+    /// Adds the plain-HTTP server's lean event-stream counters.
+    pub fn with_connections(mut self, stats: std::sync::Arc<crate::http::serve::ConnectionStats>) -> Self {
+        self.registry.register_collector(Box::new(ConnectionCollector { stats }));
+        self
     }
 
     /// Adds cluster mode's `sfgw_cluster_*` families.
@@ -88,6 +94,11 @@ impl std::fmt::Debug for GatewayCollector {
 fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
     let metric = ConstCounter::new(value);
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// Several constant counters: (name without `_total`, help, value).
+fn encode_counters(encoder: &mut DescriptorEncoder, counters: &[(&str, &str, u64)]) -> std::fmt::Result {
+    counters.iter().try_for_each(|(name, help, value)| counter(encoder, name, help, *value))
 }
 
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
@@ -226,9 +237,7 @@ impl Collector for CacheCollector {
             ("sfgw_cache_streams_stored", "One-shot streams recorded into the cache", stats.streams.stored),
             ("sfgw_cache_stream_evictions", "Recorded streams evicted to hold the byte bound", stats.streams.evictions),
         ];
-        for (name, help, value) in counters {
-            counter(&mut encoder, name, help, value)?;
-        }
+        encode_counters(&mut encoder, &counters)?;
         gauge(&mut encoder, "sfgw_cache_bytes", "Estimated bytes of the stored chunks", stats.bytes as i64)?;
         gauge(&mut encoder, "sfgw_cache_entries", "Stored chunks", stats.entries as i64)?;
         gauge(&mut encoder, "sfgw_cache_tails", "Standing tail computations", stats.tails.standing as i64)?;
@@ -280,9 +289,7 @@ impl Collector for ClusterCollector {
             ("sfgw_cluster_relayed", "Events read from Redis for this replica's subscribers", s.relayed),
             ("sfgw_cluster_redis_errors", "Redis commands that failed", s.redis_errors),
         ];
-        for (name, help, value) in counters {
-            counter(&mut encoder, name, help, value)?;
-        }
+        encode_counters(&mut encoder, &counters)?;
         Ok(())
     }
 }
@@ -337,16 +344,7 @@ fn encode_upstream(encoder: &mut DescriptorEncoder, pools: &Pools) -> std::fmt::
     Ok(())
 }
 
-// Connections (`http::serve`): the lean event-stream path's counters, read at scrape time.
-
-impl Metrics {
-    /// Adds the plain-HTTP server's counters.
-    pub fn with_connections(mut self, stats: std::sync::Arc<crate::http::serve::ConnectionStats>) -> Self {
-        self.registry.register_collector(Box::new(ConnectionCollector { stats }));
-        self
-    }
-}
-
+/// The plain-HTTP server's lean event-stream counters (`http::serve`).
 #[derive(Debug)]
 struct ConnectionCollector {
     stats: std::sync::Arc<crate::http::serve::ConnectionStats>,
@@ -354,14 +352,25 @@ struct ConnectionCollector {
 
 impl Collector for ConnectionCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
-        let s = self.stats.stats();
-        counter(&mut encoder, "sfgw_lean_streams", "Event-stream requests answered by the lean path", s.lean_streams)?;
-        gauge(&mut encoder, "sfgw_lean_streams_open", "Lean event streams open now", s.lean_streams_open as i64)?;
+        let s = &self.stats;
+        let read = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        counter(
+            &mut encoder,
+            "sfgw_lean_streams",
+            "Event-stream requests answered by the lean path",
+            read(&s.lean_streams),
+        )?;
+        gauge(
+            &mut encoder,
+            "sfgw_lean_streams_open",
+            "Lean event streams open now",
+            read(&s.lean_streams_open) as i64,
+        )?;
         counter(
             &mut encoder,
             "sfgw_lean_streams_stalled",
             "Lean event streams closed because their client stopped reading for connections.stall_timeout",
-            s.stalled_closes,
+            read(&s.stalled_closes),
         )
     }
 }

@@ -6,7 +6,7 @@
 //! would: by first appearance.
 
 use crate::hub::Entry;
-use crate::hub::render::{self, EventKind, Notice};
+use crate::hub::render::{self, EventKind};
 use crate::hub::result::{CollectError, CollectedResult, EventsToEnd, ResultLimits, SeriesResult};
 use crate::protocol::{Tsid, Value};
 use crate::upstream::{Terminal, UpstreamEvent};
@@ -179,8 +179,10 @@ pub fn stitch(segments: &[Segment], start: i64, stop: i64, limits: ResultLimits)
     let mut events = Vec::new();
     let mut points = 0usize;
     let mut covered = start;
-    // Per series: the segment (1-based) whose metadata it has.
+    // Per series: the segment (1-based) whose metadata it has, and that metadata (copied into
+    // the result once, at the end).
     let mut described_by: Vec<usize> = Vec::new();
+    let mut described: Vec<Option<&Properties>> = Vec::new();
     for (n, segment) in segments.iter().enumerate() {
         let View { rows, metadata, events: seg_events, end: seg_end, .. } = segment.view();
         // Overlapping segments (a chunk beside a wider job) are read from where the previous
@@ -197,6 +199,7 @@ pub fn stitch(segments: &[Segment], start: i64, stop: i64, limits: ResultLimits)
                         }
                         series.push(SeriesResult { tsid: *tsid, properties: Map::new(), points: BTreeMap::new() });
                         described_by.push(0);
+                        described.push(None);
                         index.insert(*tsid, series.len() - 1);
                         series.len() - 1
                     }
@@ -204,7 +207,7 @@ pub fn stitch(segments: &[Segment], start: i64, stop: i64, limits: ResultLimits)
                 if described_by[i] != n + 1
                     && let Some(p) = metadata.get(tsid)
                 {
-                    series[i].properties = (**p).clone();
+                    described[i] = Some(p);
                     described_by[i] = n + 1;
                 }
                 if series[i].points.insert(row.t, *value).is_none() {
@@ -217,6 +220,11 @@ pub fn stitch(segments: &[Segment], start: i64, stop: i64, limits: ResultLimits)
         }
         events.extend(seg_events.iter().filter(|(t, _)| *t >= from && *t < to).map(|(_, e)| e.clone()));
         covered = covered.max(to);
+    }
+    for (s, p) in series.iter_mut().zip(described) {
+        if let Some(p) = p {
+            s.properties = (**p).clone();
+        }
     }
     let newest = segments.last().map(|s| s.view().info.clone()).unwrap_or_default();
     let messages = segments.first().map(|s| s.view().info.messages.clone()).unwrap_or_default();
@@ -242,7 +250,6 @@ pub async fn collect_rows(
     loop {
         let event = stream.next().await?;
         let upstream = match &event.kind {
-            EventKind::Notice(Notice::ReplayIncomplete) => return Err(CollectError::Incomplete),
             EventKind::Notice(_) => continue,
             // The cache's jobs run on this replica, so nothing here is relayed.
             EventKind::Relayed(_) => continue,
@@ -271,16 +278,8 @@ pub async fn collect_rows(
             }
             UpstreamEvent::Info(info) => messages.push(render::info_value(info)),
             UpstreamEvent::Ended(Terminal::EndOfChannel) => {
-                let state = entry.control.state();
-                let info = JobInfo {
-                    id: entry.id.clone(),
-                    resolution_ms: state.resolution_ms,
-                    max_delay_ms: state.max_delay_ms,
-                    lag_ms: state.lag_ms,
-                    limited_result_set: state.limited_result_set,
-                    messages,
-                };
-                return Ok(JobOutput { start, stop, info: Arc::new(info), rows, metadata, events, fetched_at_ms });
+                let info = Arc::new(JobInfo::of(entry, messages));
+                return Ok(JobOutput { start, stop, info, rows, metadata, events, fetched_at_ms });
             }
             UpstreamEvent::Ended(other) => return Err(CollectError::Failed(other.clone())),
             _ => {}

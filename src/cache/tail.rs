@@ -33,8 +33,8 @@
 
 use super::CacheKey;
 use super::chunk::{JobInfo, JobOutput, Properties, Row};
-use crate::hub::render::{self, EventKind, Notice};
-use crate::hub::result::EventsToEnd;
+use crate::hub::render::{self, EventKind};
+use crate::hub::result::{CollectError, EventsToEnd};
 use crate::hub::{Entry, Hub};
 use crate::protocol::Tsid;
 use crate::upstream::UpstreamEvent;
@@ -134,7 +134,6 @@ impl Tail {
     /// delay are the tail computation's). `None` when the tail no longer holds `from`: checked
     /// under the same lock as the read, so rows dropped meanwhile cannot cut it short.
     pub fn read(&self, from: i64, to: i64) -> Option<JobOutput> {
-        let state = self.entry.control.state();
         let r = self.recorded.lock();
         if r.from > from {
             return None;
@@ -147,14 +146,7 @@ impl Tail {
             }
         }
         let events = r.events.iter().filter(|(t, _)| *t >= from && *t < to).cloned().collect();
-        let info = JobInfo {
-            id: self.entry.id.clone(),
-            resolution_ms: state.resolution_ms,
-            max_delay_ms: state.max_delay_ms,
-            lag_ms: state.lag_ms,
-            limited_result_set: state.limited_result_set,
-            messages: r.messages.clone(),
-        };
+        let info = JobInfo::of(&self.entry, r.messages.clone());
         Some(JobOutput {
             start: from,
             stop: to,
@@ -313,6 +305,10 @@ impl Tails {
                 event = events.next() => {
                     let event = match event {
                         Ok(event) => event,
+                        Err(CollectError::Incomplete) => {
+                            hub.stop(&tail.entry, "the tail collector lost events").await;
+                            return;
+                        }
                         Err(e) => {
                             let reason = format!("the tail collector stopped reading: {e}");
                             hub.stop(&tail.entry, &reason).await;
@@ -322,10 +318,6 @@ impl Tails {
                     match &event.kind {
                         EventKind::Upstream(UpstreamEvent::Ended(_)) => return,
                         EventKind::Upstream(upstream) => tail.record(upstream),
-                        EventKind::Notice(Notice::ReplayIncomplete) => {
-                            hub.stop(&tail.entry, "the tail collector lost events").await;
-                            return;
-                        }
                         _ => {}
                     }
                 }
@@ -355,11 +347,6 @@ impl Tails {
     /// A live tail stands for `key`.
     pub fn is_standing(&self, key: &CacheKey) -> bool {
         self.by_key.lock().get(key).is_some_and(|t| t.is_live())
-    }
-
-    /// The standing tail of `key`, if any (for tests and introspection).
-    pub fn get(&self, key: &CacheKey) -> Option<Arc<Tail>> {
-        self.by_key.lock().get(key).cloned()
     }
 
     pub fn stats(&self) -> TailStats {

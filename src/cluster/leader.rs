@@ -93,7 +93,7 @@ fn lease_value(node: &str, epoch: u64) -> String {
 }
 
 /// Runs the leader's task on the cluster's tracker.
-pub(super) fn spawn(inner: &Arc<Inner>, id: String, keys: Keys, tenant: Tenant, epoch: u64, job: Job) {
+pub(super) fn spawn(inner: &Arc<Inner>, id: String, keys: Keys, epoch: u64, job: Job) {
     let cancel = inner.shutdown.child_token();
     inner.led.lock().insert(id.clone());
     inner.stats.leaderships.fetch_add(1, Ordering::Relaxed);
@@ -101,10 +101,7 @@ pub(super) fn spawn(inner: &Arc<Inner>, id: String, keys: Keys, tenant: Tenant, 
         inner.stats.takeovers.fetch_add(1, Ordering::Relaxed);
     }
     tracing::info!(computation = %id, epoch, takeover = job.resume.is_some(), "leading computation");
-    let mut leader = Leader::new(inner.clone(), id, keys, epoch, cancel);
-    leader.spec_json = job.spec_json.clone();
-    leader.created_at = job.created_at;
-    let _ = tenant;
+    let leader = Leader::new(inner.clone(), id, keys, epoch, cancel);
     inner.tracker.spawn(leader.run(job));
 }
 
@@ -133,9 +130,6 @@ struct Leader {
     /// Set when the publish is refused (another replica leads under a newer epoch).
     lost: CancellationToken,
     cancel: CancellationToken,
-    /// For writing the record back should Redis lose it.
-    spec_json: String,
-    created_at: i64,
 }
 
 impl Leader {
@@ -152,13 +146,11 @@ impl Leader {
             publish_rx: Some(publish_rx),
             lost: CancellationToken::new(),
             cancel,
-            spec_json: String::new(),
-            created_at: 0,
         }
     }
 
     async fn run(mut self, job: Job) {
-        let Job { computation, resume, .. } = job;
+        let Job { computation, resume, spec_json, created_at } = job;
         let (mut events, control) = computation.into_parts();
         if let Some(rx) = self.publish_rx.take() {
             let publisher = Publisher {
@@ -178,8 +170,8 @@ impl Leader {
             id: self.id.clone(),
             keys: self.keys.clone(),
             epoch: self.epoch,
-            spec_json: self.spec_json.clone(),
-            created_at: self.created_at,
+            spec_json,
+            created_at,
             lost: self.lost.clone(),
         };
         self.inner.tracker.spawn(renewer.run(answers_tx, renewing.clone()));
@@ -550,7 +542,7 @@ pub(super) async fn take_over_orphans(inner: &Arc<Inner>, conn: &mut redis::aio:
         tracing::info!(computation = %id, epoch, "taking over a computation whose leader is gone");
         let start = Start::TakeOver { relayed_last_ms: last_data_ms };
         match start_job(inner, &keys, &spec, created_at, &tenant, start).await {
-            Ok(job) => spawn(inner, id, keys, tenant, epoch, job),
+            Ok(job) => spawn(inner, id, keys, epoch, job),
             Err(e) => {
                 tracing::warn!(computation = %id, error = %e, "takeover failed; the lease is released");
                 release(inner, &keys, &id, epoch, false).await;

@@ -225,7 +225,7 @@ impl Cluster {
         now: i64,
     ) -> Result<(Arc<Entry>, bool), ClusterError> {
         let keys = Keys::new(&tenant.id, &id);
-        let lease_ms = self.inner.settings.lease.as_millis() as u64;
+        let lease_ms = self.inner.lease_ms();
         let mut conn = self.inner.conn.clone();
         let claimed: (i64, u64, Option<i64>, Option<String>) = scripts::CLAIM
             .key(keys.record())
@@ -272,7 +272,7 @@ impl Cluster {
                 return Err(e);
             }
         };
-        leader::spawn(&self.inner, id, keys, tenant.clone(), epoch, job);
+        leader::spawn(&self.inner, id, keys, epoch, job);
         Ok((entry, created == 1))
     }
 

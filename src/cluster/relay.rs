@@ -12,7 +12,7 @@ use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamRangeReply, StreamReadReply};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -56,7 +56,7 @@ pub(super) fn attach(
     })?;
     let cancel = inner.shutdown.child_token();
     let keys = Keys::new(&tenant.id, id);
-    inner.tracker.spawn(read(inner.clone(), keys, input.clone(), cancel.clone()));
+    inner.tracker.spawn(read(inner.clone(), keys, entry.clone(), input.clone(), cancel.clone()));
     inner.tracker.spawn(requests(Arc::downgrade(inner), entry.clone(), remote, cancel.clone()));
     locals.insert(id.to_owned(), Local { entry: entry.clone(), tenant: tenant.clone(), input, cancel });
     Ok(entry)
@@ -112,7 +112,16 @@ fn detach(inner: &Inner, entry: &Arc<Entry>) {
 /// The reader: the metadata snapshot and the stream's backlog, then the stream as it grows.
 /// Reconnects with backoff; stops at the terminal event, when the relay is detached, or at
 /// shutdown.
-async fn read(inner: Arc<Inner>, keys: Keys, input: mpsc::Sender<RelayInput>, cancel: CancellationToken) {
+async fn read(
+    inner: Arc<Inner>,
+    keys: Keys,
+    entry: Arc<Entry>,
+    input: mpsc::Sender<RelayInput>,
+    cancel: CancellationToken,
+) {
+    // What the relay already holds (the leader's own replica is fed each event directly too):
+    // such an entry is not decoded again.
+    let relayed = &entry.last_seq;
     let mut last = "0-0".to_owned();
     let mut caught_up = false;
     let mut leader = None;
@@ -144,7 +153,7 @@ async fn read(inner: Arc<Inner>, keys: Keys, input: mpsc::Sender<RelayInput>, ca
                         break;
                     }
                     for entry in &reply.ids {
-                        if feed(&inner, &input, &entry.id, &entry.map, &mut last, &mut leader).await {
+                        if feed(&inner, &input, relayed, &entry.id, &entry.map, &mut last, &mut leader).await {
                             return Ok::<bool, redis::RedisError>(true);
                         }
                     }
@@ -152,7 +161,7 @@ async fn read(inner: Arc<Inner>, keys: Keys, input: mpsc::Sender<RelayInput>, ca
                 caught_up = true;
                 let _ = input.send(RelayInput::CaughtUp).await;
             }
-            follow(&inner, &keys, &mut conn, &input, &mut last, &mut leader).await
+            follow(&inner, &keys, &mut conn, &input, relayed, &mut last, &mut leader).await
         };
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -182,6 +191,7 @@ async fn follow(
     keys: &Keys,
     conn: &mut MultiplexedConnection,
     input: &mpsc::Sender<RelayInput>,
+    relayed: &AtomicU64,
     last: &mut String,
     leader: &mut Option<Arc<str>>,
 ) -> Result<bool, redis::RedisError> {
@@ -202,7 +212,7 @@ async fn follow(
         }
         for stream in reply.map(|r| r.keys).unwrap_or_default() {
             for entry in &stream.ids {
-                if feed(inner, input, &entry.id, &entry.map, last, leader).await {
+                if feed(inner, input, relayed, &entry.id, &entry.map, last, leader).await {
                     return Ok(true);
                 }
             }
@@ -214,12 +224,17 @@ async fn follow(
 async fn feed(
     inner: &Inner,
     input: &mpsc::Sender<RelayInput>,
+    relayed: &AtomicU64,
     id: &str,
     map: &HashMap<String, redis::Value>,
     last: &mut String,
     leader: &mut Option<Arc<str>>,
 ) -> bool {
     id.clone_into(last);
+    if wire::parse_entry_id(id).is_some_and(|n| n <= relayed.load(Ordering::Relaxed)) {
+        inner.stats.relayed.fetch_add(1, Ordering::Relaxed);
+        return wire::is_end(map);
+    }
     let Some(event) = wire::parse_entry(id, map, leader) else {
         tracing::warn!(entry = id, "skipped an unreadable cluster stream entry");
         return false;

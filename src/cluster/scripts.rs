@@ -2,8 +2,6 @@
 
 use redis::Script;
 
-/// How many leases a computation's keys outlive its last leader's last renewal (see [`TICK`]).
-pub const ORPHAN_LEASES: u64 = 6;
 use std::sync::LazyLock;
 
 /// Creates the record (unless it exists and has not ended) and takes the lease if it is free.
@@ -97,7 +95,7 @@ return 1
 });
 
 /// The leader's tick: renews (or re-takes, same epoch) the lease, drops expired presence, and
-/// keeps the computation's keys alive for [`ORPHAN_LEASES`] leases (a computation nobody leads or
+/// keeps the computation's keys alive for six leases (a computation nobody leads or
 /// takes over for that long is gone). After Redis lost its data (restarted empty), the leader
 /// writes the record back and goes on.
 /// KEYS: lease, epoch, record, presence, index, events, metadata.
@@ -122,7 +120,7 @@ else
   return {0, false, 0}
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[4])
-local keep = tonumber(ARGV[2]) * 6 -- ORPHAN_LEASES
+local keep = tonumber(ARGV[2]) * 6
 for _, key in ipairs({KEYS[2], KEYS[3], KEYS[6], KEYS[7]}) do redis.call('PEXPIRE', key, keep) end
 return {1, redis.call('HGET', KEYS[3], 'stop'), redis.call('ZCARD', KEYS[4])}
 "#,

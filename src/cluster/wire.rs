@@ -165,6 +165,11 @@ fn bytes(map: &HashMap<String, Value>, field: &str) -> Option<Bytes> {
     }
 }
 
+/// Whether a stream entry is the computation's terminal event (without decoding it).
+pub fn is_end(map: &HashMap<String, Value>) -> bool {
+    matches!(map.get("k"), Some(Value::BulkString(k)) if k == b"end")
+}
+
 fn text(map: &HashMap<String, Value>, field: &str) -> String {
     bytes(map, field).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
 }

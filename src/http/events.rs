@@ -240,7 +240,8 @@ pub async fn cached_stream(
 }
 
 /// Runs the request as its own job and records its whole stream, as a fresh subscriber sees it
-/// (`None` when it grows past `cache.max_stream_bytes`; the job is then stopped).
+/// (`None` when it grows past `cache.max_stream_bytes` or is cut off before its end; the job
+/// is then stopped).
 async fn record_stream(
     state: &AppState,
     tenant: &Tenant,
@@ -263,10 +264,11 @@ async fn record_stream(
             let terminal = event.is_terminal();
             events.push(event);
             if terminal {
-                break;
+                return Ok(Some(events.into()));
             }
         }
-        Ok(Some(events.into()))
+        // Cut off before its end (the recorder fell behind): not a whole stream to replay.
+        Ok(None)
     };
     let deadline = settings.stream.max_wait + settings.stream.start_wait;
     let outcome = match tokio::time::timeout(deadline, record).await {

@@ -494,7 +494,8 @@ fn column_name(series: &SeriesResult) -> String {
     if parts.is_empty() { series.tsid.to_string() } else { parts.join(" ") }
 }
 
-fn csv_field(out: &mut String, field: &str) {
+/// One CSV field, quoted when it must be (RFC 4180).
+pub(super) fn csv_field(out: &mut String, field: &str) {
     if field.contains([',', '"', '\n', '\r']) {
         out.push('"');
         out.push_str(&field.replace('"', "\"\""));

@@ -98,24 +98,6 @@ pub struct ConnectionStats {
     pub stalled_closes: AtomicU64,
 }
 
-/// A snapshot of [`ConnectionStats`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionStatsSnapshot {
-    pub lean_streams: u64,
-    pub lean_streams_open: u64,
-    pub stalled_closes: u64,
-}
-
-impl ConnectionStats {
-    pub fn stats(&self) -> ConnectionStatsSnapshot {
-        ConnectionStatsSnapshot {
-            lean_streams: self.lean_streams.load(Ordering::Relaxed),
-            lean_streams_open: self.lean_streams_open.load(Ordering::Relaxed),
-            stalled_closes: self.stalled_closes.load(Ordering::Relaxed),
-        }
-    }
-}
-
 /// The next connection. A failed accept (out of descriptors and the like) is logged and
 /// retried after a short pause rather than in a spin.
 pub async fn accept(listener: &TcpListener) -> (TcpStream, SocketAddr) {
@@ -353,7 +335,7 @@ fn parse_stream_request(bytes: &[u8]) -> Head {
     if parsed.method != Some("GET") || parsed.version != Some(1) {
         return Head::Other;
     }
-    let mut builder = Request::builder().method(Method::GET).version(Version::HTTP_11);
+    // First, without allocating: is this a request for the lean path at all?
     let mut event_stream = false;
     for h in parsed.headers.iter() {
         let name = h.name;
@@ -369,11 +351,14 @@ fn parse_stream_request(bytes: &[u8]) -> Head {
         {
             event_stream = true;
         }
-        let Ok(value) = HeaderValue::from_bytes(h.value) else { return Head::Other };
-        builder = builder.header(name, value);
     }
     if !event_stream {
         return Head::Other;
+    }
+    let mut builder = Request::builder().method(Method::GET).version(Version::HTTP_11);
+    for h in parsed.headers.iter() {
+        let Ok(value) = HeaderValue::from_bytes(h.value) else { return Head::Other };
+        builder = builder.header(h.name, value);
     }
     match builder.uri(parsed.path.unwrap_or("/")).body(Body::empty()) {
         Ok(request) => Head::Stream(Box::new(request), len),

@@ -48,11 +48,6 @@ impl<K: Hash + Eq + Clone, V: Clone> Coalescer<K, V> {
         self.in_flight.lock().get(key).map_or(0, |c| Arc::strong_count(c) - 1)
     }
 
-    /// Works under way.
-    pub fn len(&self) -> usize {
-        self.in_flight.lock().len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.in_flight.lock().is_empty()
     }

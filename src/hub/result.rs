@@ -102,7 +102,6 @@ impl Collector {
     /// Takes one event; `Some` with the terminal once the computation has ended.
     fn take(&mut self, event: &GatewayEvent) -> Result<Option<Terminal>, CollectError> {
         let upstream = match &event.kind {
-            EventKind::Notice(Notice::ReplayIncomplete) => return Err(CollectError::Incomplete),
             EventKind::Notice(_) => return Ok(None),
             // Whole results are collected by the replica that runs the job (see cluster).
             EventKind::Relayed(relayed) => return Ok(relayed.terminal.clone()),
@@ -176,6 +175,10 @@ impl<'a> EventsToEnd<'a> {
                 if let Some(event) = subscription.next_event().await {
                     if let Some(seq) = event.seq {
                         self.last_seen = Some(seq);
+                    }
+                    // The ring no longer held what this reader had not read: not the whole output.
+                    if matches!(event.kind, EventKind::Notice(Notice::ReplayIncomplete)) {
+                        return Err(CollectError::Incomplete);
                     }
                     return Ok(event);
                 }

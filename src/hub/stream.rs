@@ -117,17 +117,17 @@ impl ReplayRing {
         if last_seen == latest {
             return Replay::Complete(Vec::new());
         }
-        let complete = match self.oldest() {
-            Some(oldest) => oldest <= last_seen + 1,
-            None => false,
+        // Resumable from the ring's start, or from just after the event `last_seen` names. Ids
+        // are consecutive within a run but jump at a cluster leader change: an id that is not
+        // held (one a lost leader gave out) cannot be resumed exactly.
+        let from = match self.oldest() == Some(last_seen + 1) {
+            true => Some(0),
+            false => self.all().position(|e| e.seq == Some(last_seen)).map(|at| at + 1),
         };
-        // Ids are consecutive within a run but jump at a cluster leader change: an id that is
-        // not held (one a lost leader gave out) cannot be resumed exactly.
-        let known = self.oldest() == Some(last_seen + 1) || self.all().any(|e| e.seq == Some(last_seen));
-        if !complete || !known {
+        let Some(from) = from else {
             return Replay::Incomplete { oldest: self.oldest() };
-        }
-        Replay::Complete(self.all().filter(|e| e.seq.is_some_and(|s| s > last_seen)).collect())
+        };
+        Replay::Complete(self.all().skip(from).filter(|e| e.seq.is_some_and(|s| s > last_seen)).collect())
     }
 }
 

@@ -317,10 +317,9 @@ impl Computation {
 }
 
 /// A computation whose job runs elsewhere (on a cluster peer): the control's stops and
-/// detaches come here instead of going to a socket, and the owner keeps its state.
+/// detaches come here instead of going to a socket.
 #[derive(Debug)]
 pub struct RemoteComputation {
-    shared: Arc<ComputationShared>,
     slot: mpsc::Receiver<SlotCommand>,
 }
 
@@ -336,7 +335,7 @@ impl RemoteComputation {
     pub fn new(spec: ExecuteSpec) -> (ComputationControl, RemoteComputation) {
         let (shared, _events) = ComputationShared::new(0, spec, 1);
         let (tx, rx) = mpsc::channel(4);
-        (ComputationControl { shared: shared.clone(), slot: tx }, RemoteComputation { shared, slot: rx })
+        (ComputationControl { shared, slot: tx }, RemoteComputation { slot: rx })
     }
 
     /// The next stop or detach asked of the control; `None` once every control is gone.
@@ -346,10 +345,5 @@ impl RemoteComputation {
             SlotCommand::Detach { .. } => Some(RemoteRequest::Detach),
             SlotCommand::Execute(_) => Some(RemoteRequest::Detach),
         }
-    }
-
-    /// Updates the state the control reports (short critical section).
-    pub fn update(&self, f: impl FnOnce(&mut ComputationState)) {
-        f(&mut self.shared.state());
     }
 }
